@@ -1,0 +1,415 @@
+"""One typed configuration schema for every job (train, probe, retrieve).
+
+The schema is a tree of dataclasses. A YAML file and ``key.sub=value`` overrides are merged
+into it; unknown keys, wrong types and out-of-range values are errors naming the key and what
+would be accepted. Derived values (the scaled learning rate, the global batch size) are
+written into the resolved config by :func:`resolve`, never computed silently elsewhere, and the
+resolved config is what a run saves next to its results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "load_config",
+    "apply_overrides",
+    "from_dict",
+    "to_dict",
+    "to_yaml",
+    "save_config",
+    "resolve",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or out of range."""
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **limits: Any) -> Any:
+    """A dataclass field with help text and optional limits (``ge``, ``gt``, ``le``, ``lt``)."""
+    meta = {"help": help, **limits}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["resnet18", "resnet34", "resnet50"] = _f("resnet50", "torchvision ResNet backbone")
+    small_image_stem: bool = _f(
+        False, "3x3 stride-1 first conv and no max-pool: use for inputs of 64 px and below"
+    )
+    projector_hidden_dim: int = _f(
+        8192, "d in Linear(feat->d, no bias) -> BN -> ReLU -> Linear(d->k); 0 = a single Linear", ge=0
+    )
+    projector_out_dim: int = _f(8192, "k, the number of eigenfunctions (code length)", ge=1)
+    sync_batchnorm: bool = _f(True, "synchronise BatchNorm statistics across workers")
+    channels_last: bool = _f(True, "channels_last memory format for the conv backbone")
+    online_classifier: bool = _f(
+        True, "linear classifier on DETACHED encoder features, for monitoring only"
+    )
+    num_classes: int = _f(
+        1000, "classes of the online classifier (the dataset manifest's count)", ge=1
+    )
+
+
+@dataclass
+class LossConfig:
+    name: Literal["neuralef", "simclr", "barlow_twins", "spectral_contrastive"] = _f(
+        "neuralef", "training objective"
+    )
+    alpha: float = _f(
+        0.0025, "NeuralEF reg weight: 0.0025 for k=8192, 0.005 for k=4096, 0.01 for k=2048", ge=0.0
+    )
+    t: float = _f(10.0, "L2-BatchNorm scale: columns are normalised to sum of squares 2t", gt=0.0)
+    stop_grad: bool = _f(
+        True, "NeuralEF stop-grad variant (orders the eigenfunctions); false = better probe"
+    )
+    ema_momentum: float = _f(
+        0.99, "momentum of the L2-BatchNorm running mean square and eigenvalues", ge=0.0, lt=1.0
+    )
+    temperature: float = _f(0.1, "SimCLR NT-Xent temperature", gt=0.0)
+    barlow_lambda: float = _f(0.0051, "Barlow Twins off-diagonal weight", ge=0.0)
+    gather_distributed: bool = _f(
+        True, "compute the loss on outputs gathered from all workers (autograd-aware)"
+    )
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["lars", "sgd", "adamw"] = _f("lars", "optimiser")
+    base_lr: float = _f(
+        0.3, "learning rate per 256 images of global batch (recipe: 2.4 at 2048 = 0.3)", gt=0.0
+    )
+    lr: Optional[float] = _f(
+        None, "peak learning rate; null = base_lr * global_batch_size / 256 (set by resolve)", gt=0.0
+    )
+    momentum: float = _f(0.9, "SGD/LARS momentum (AdamW beta1)", ge=0.0, lt=1.0)
+    weight_decay: float = _f(1e-6, "weight decay; biases and norm parameters are excluded", ge=0.0)
+    trust_coefficient: float = _f(0.001, "LARS trust coefficient", gt=0.0)
+    warmup_epochs: float = _f(10.0, "linear warm-up length", ge=0.0)
+    final_lr_ratio: float = _f(0.001, "cosine schedule ends at this fraction of lr", ge=0.0, le=1.0)
+    grad_clip: Optional[float] = _f(None, "gradient norm clipping; null = off", gt=0.0)
+    probe_lr: float = _f(0.1, "lr of the online monitoring classifier (same schedule)", gt=0.0)
+
+
+@dataclass
+class ViewAugmentConfig:
+    """Per-view augmentation parameters (the BYOL-style asymmetric recipe)."""
+
+    flip_prob: float = _f(0.5, "horizontal flip probability", ge=0.0, le=1.0)
+    color_jitter_prob: float = _f(0.8, "probability of colour jitter", ge=0.0, le=1.0)
+    brightness: float = _f(0.4, "colour jitter brightness strength", ge=0.0)
+    contrast: float = _f(0.4, "colour jitter contrast strength", ge=0.0)
+    saturation: float = _f(0.2, "colour jitter saturation strength", ge=0.0)
+    hue: float = _f(0.1, "colour jitter hue strength", ge=0.0, le=0.5)
+    grayscale_prob: float = _f(0.2, "grayscale probability", ge=0.0, le=1.0)
+    blur_prob: float = _f(1.0, "Gaussian blur probability", ge=0.0, le=1.0)
+    blur_sigma_min: float = _f(0.1, "smallest blur sigma, in pixels at 224 px", gt=0.0)
+    blur_sigma_max: float = _f(2.0, "largest blur sigma, in pixels at 224 px", gt=0.0)
+    solarize_prob: float = _f(0.0, "solarisation probability", ge=0.0, le=1.0)
+    solarize_threshold: float = _f(0.5, "solarise pixels at or above this value in [0, 1]", ge=0.0, le=1.0)
+
+
+def _view2_defaults() -> ViewAugmentConfig:
+    return ViewAugmentConfig(blur_prob=0.1, solarize_prob=0.2)
+
+
+@dataclass
+class DataConfig:
+    train_path: str = _f("", "training .beton written by `eigenmap prepare`")
+    val_path: str = _f("", "validation .beton (probe, kNN, retrieval database/queries)")
+    resolution: int = _f(224, "output side of the random-resized crop, pixels", ge=8)
+    eval_resize: int = _f(256, "evaluation: resize the short side to this, then centre crop", ge=8)
+    scale_min: float = _f(0.08, "random-resized-crop smallest area fraction", gt=0.0, le=1.0)
+    scale_max: float = _f(1.0, "random-resized-crop largest area fraction", gt=0.0, le=1.0)
+    ratio_min: float = _f(3 / 4, "random-resized-crop smallest aspect ratio", gt=0.0)
+    ratio_max: float = _f(4 / 3, "random-resized-crop largest aspect ratio", gt=0.0)
+    batch_size_per_worker: int = _f(256, "images per worker per step (each gives two views)", ge=1)
+    loader_workers: int = _f(8, "CPU threads decoding for each training worker", ge=1)
+    os_cache: bool = _f(False, "memory-map the whole .beton (fits in RAM) instead of paging it")
+    mean: tuple[float, float, float] = _f((0.485, 0.456, 0.406), "normalisation mean, RGB in [0,1]")
+    std: tuple[float, float, float] = _f((0.229, 0.224, 0.225), "normalisation std, RGB in [0,1]")
+    view1: ViewAugmentConfig = _f(factory=ViewAugmentConfig, help="view 1 augmentations")
+    view2: ViewAugmentConfig = _f(factory=_view2_defaults, help="view 2 augmentations")
+
+
+@dataclass
+class DistConfig:
+    num_workers: int = _f(1, "training workers (processes), one per GPU on a GPU cluster", ge=1)
+    cpus_per_worker: int = _f(1, "CPU cores reserved for each worker (threads it uses)", ge=1)
+    gpus_per_worker: float = _f(0.0, "GPUs per worker: 1 on a GPU cluster, 0 on CPU", ge=0.0)
+    address: Optional[str] = _f(
+        None, "Ray cluster to join: null = embedded local cluster, 'auto', or 'host:port'"
+    )
+    zero_stage: int = _f(0, "DeepSpeed ZeRO stage", ge=0, le=2)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
+        "auto", "auto = bf16 on GPU, fp32 on CPU"
+    )
+    max_failures: int = _f(3, "restarts of the worker group from the latest checkpoint", ge=0)
+    compile: bool = _f(False, "torch.compile the model (GPU)")
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = _f("runs/default", "where config, checkpoints, TensorBoard and weights go")
+    epochs: int = _f(100, "passes over the training set", ge=1)
+    max_steps: Optional[int] = _f(None, "stop after this many steps (null = all epochs)", ge=1)
+    seed: int = _f(0, "seed of the data order, augmentations and initialisation", ge=0)
+    log_every_steps: int = _f(10, "steps between scalar logs (the only .item() calls)", ge=1)
+    checkpoint_every_steps: int = _f(500, "steps between checkpoints (also at each epoch end)", ge=1)
+    keep_checkpoints: int = _f(3, "checkpoints kept, newest first", ge=1)
+    progress_bar: bool = _f(True, "rank 0 progress bar")
+    tensorboard: bool = _f(True, "rank 0 TensorBoard events")
+
+
+@dataclass
+class EvalConfig:
+    probe_epochs: int = _f(100, "linear probe epochs (cosine schedule)", ge=1)
+    probe_lr: float = _f(0.1, "linear probe SGD lr (0.1-0.3)", gt=0.0)
+    probe_batch_size: int = _f(256, "linear probe batch size", ge=1)
+    probe_weight_decay: float = _f(1e-6, "linear probe weight decay", ge=0.0)
+    knn_k: int = _f(20, "neighbours of the weighted kNN classifier", ge=1)
+    knn_temperature: float = _f(0.07, "kNN similarity temperature", gt=0.0)
+
+
+@dataclass
+class DerivedConfig:
+    """Values computed from the others by :func:`resolve`; recorded, never set by hand."""
+
+    global_batch_size: Optional[int] = _f(None, "num_workers * batch_size_per_worker")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = _f(factory=ModelConfig, help="encoder and projector")
+    loss: LossConfig = _f(factory=LossConfig, help="objective")
+    optim: OptimConfig = _f(factory=OptimConfig, help="optimiser and schedule")
+    data: DataConfig = _f(factory=DataConfig, help="data and augmentations")
+    dist: DistConfig = _f(factory=DistConfig, help="workers, DeepSpeed, Ray")
+    train: TrainConfig = _f(factory=TrainConfig, help="run length, logging, checkpoints")
+    eval: EvalConfig = _f(factory=EvalConfig, help="linear probe and kNN")
+    derived: DerivedConfig = _f(factory=DerivedConfig, help="filled by resolve()")
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion and validation
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is tuple:
+        return "a list of " + str(len(typing.get_args(tp))) + " " + _type_name(typing.get_args(tp)[0])
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in the schema's own type."""
+    origin = typing.get_origin(tp)
+    wrong = ConfigError(f"config key '{key}': got {value!r} ({type(value).__name__}); expected {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise wrong
+        return _build(tp, value, key + ".")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                pass
+        raise wrong
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise wrong
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise wrong
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}': got {value!r}; expected a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for '{key}'")
+
+
+def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+    if value is None or isinstance(value, (bool, str, tuple)) or dataclasses.is_dataclass(value):
+        return
+    bounds = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+              "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+    for name, (sym, ok) in bounds.items():
+        if name in meta and not ok(value, meta[name]):
+            accepted = " and ".join(f"{s} {meta[n]}" for n, (s, _) in bounds.items() if n in meta)
+            raise ConfigError(f"config key '{key}': {value!r} is out of range; accepted: {accepted}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; accepted keys"
+            f"{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        key = prefix + name
+        kwargs[name] = _convert(value, hints[name], key)
+        _check_limits(kwargs[name], fields[name].metadata, key)
+    obj = cls(**kwargs)
+    for name, f in fields.items():  # defaults are validated too (e.g. a None that must be set)
+        if name not in values:
+            _check_limits(getattr(obj, name), f.metadata, prefix + name)
+    return obj
+
+
+def from_dict(values: dict, cls: type = Config) -> Any:
+    """Build a config from a nested mapping; missing keys take their defaults.
+
+    Raises:
+        ConfigError: unknown key, wrong type or out-of-range value, naming the key.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
+    cfg = _build(cls, values)
+    if cls is Config:
+        _check_cross_field(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts/lists (YAML-safe)."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+    return plain(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _check_cross_field(cfg: Config) -> None:
+    d = cfg.data
+    if d.scale_min > d.scale_max:
+        raise ConfigError(f"config keys 'data.scale_min' ({d.scale_min}) > 'data.scale_max' ({d.scale_max})")
+    if d.ratio_min > d.ratio_max:
+        raise ConfigError(f"config keys 'data.ratio_min' ({d.ratio_min}) > 'data.ratio_max' ({d.ratio_max})")
+    if d.eval_resize < d.resolution:
+        raise ConfigError(
+            f"config key 'data.eval_resize' ({d.eval_resize}) must be >= 'data.resolution' ({d.resolution})"
+        )
+    for view in ("view1", "view2"):
+        v = getattr(d, view)
+        if v.blur_sigma_min > v.blur_sigma_max:
+            raise ConfigError(f"config key 'data.{view}.blur_sigma_min' must be <= 'data.{view}.blur_sigma_max'")
+
+
+def apply_overrides(values: dict, overrides: typing.Sequence[str]) -> dict:
+    """Apply ``section.key=value`` strings to a nested mapping (values parsed as YAML scalars).
+
+    Returns a new mapping; the key path is checked against the schema when the result is built.
+    """
+    out = yaml.safe_load(yaml.safe_dump(values)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        path, raw = item.split("=", 1)
+        parts = path.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty key in {path!r}")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, or any invalid key/value.
+    """
+    values: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist (pass a YAML file such as configs/demo.yaml)")
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
+    return from_dict(apply_overrides(values, overrides))
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill the derived values (global batch size, scaled lr) and return a new config.
+
+    lr = base_lr * global_batch_size / 256 unless ``optim.lr`` was set explicitly.
+    """
+    cfg = from_dict(to_dict(cfg))
+    gbs = cfg.dist.num_workers * cfg.data.batch_size_per_worker
+    cfg.derived.global_batch_size = gbs
+    if cfg.optim.lr is None:
+        cfg.optim.lr = cfg.optim.base_lr * gbs / 256
+    return cfg
+
+
+def save_config(cfg: Config, path: Union[str, Path]) -> None:
+    """Write the config as YAML (atomically: a temporary file, then a rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(p)
