@@ -1,0 +1,41 @@
+"""Self-supervised objectives: NeuralEF and the baselines it is compared with.
+
+Each loss is a pure function plus a thin ``nn.Module`` returning :class:`LossTerms`; modules
+gather the outputs of all workers only when built with ``gather_distributed=True``.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from eigenmap.config import LossConfig
+from eigenmap.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
+from eigenmap.losses.common import LossTerms, gather_pair
+from eigenmap.losses.neuralef import NeuralEFLoss, neuralef_loss, neuralef_terms
+from eigenmap.losses.simclr import NTXentLoss, nt_xent_loss
+from eigenmap.losses.spectral_contrastive import SpectralContrastiveLoss, spectral_contrastive_loss
+
+__all__ = [
+    "LossTerms", "gather_pair", "build_loss",
+    "neuralef_loss", "neuralef_terms", "NeuralEFLoss",
+    "nt_xent_loss", "NTXentLoss",
+    "barlow_twins_loss", "BarlowTwinsLoss",
+    "spectral_contrastive_loss", "SpectralContrastiveLoss",
+]
+
+_BUILDERS = {
+    "neuralef": lambda c, k: NeuralEFLoss(
+        k, alpha=c.alpha, t=c.t, stop_grad=c.stop_grad, ema_momentum=c.ema_momentum,
+        gather_distributed=c.gather_distributed),
+    "simclr": lambda c, k: NTXentLoss(temperature=c.temperature, gather_distributed=c.gather_distributed),
+    "barlow_twins": lambda c, k: BarlowTwinsLoss(
+        lambda_offdiag=c.barlow_lambda, gather_distributed=c.gather_distributed),
+    "spectral_contrastive": lambda c, k: SpectralContrastiveLoss(gather_distributed=c.gather_distributed),
+}
+
+
+def build_loss(cfg: LossConfig, k: int) -> nn.Module:
+    """The objective named by ``cfg.name`` for k-dim outputs; ``forward(z1, z2) -> LossTerms``."""
+    if cfg.name not in _BUILDERS:
+        raise ValueError(f"unknown loss {cfg.name!r}; accepted: {', '.join(_BUILDERS)}")
+    return _BUILDERS[cfg.name](cfg, k)
