@@ -9,7 +9,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from eigenmap.config import Config
-from eigenmap.losses import NeuralEFLoss, build_loss
 from eigenmap.models.backbone import build_backbone
 from eigenmap.models.l2bn import L2BatchNorm
 from eigenmap.models.projector import build_projector
@@ -33,7 +32,7 @@ class EigenmapModel(nn.Module):
     @property
     def l2bn(self) -> Optional[L2BatchNorm]:
         """The L2-BatchNorm (running mean square, eigenvalues) of a NeuralEF model, else None."""
-        return self.objective.l2bn if isinstance(self.objective, NeuralEFLoss) else None
+        return getattr(self.objective, "l2bn", None)
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """One training forward.
@@ -78,6 +77,8 @@ class EigenmapModel(nn.Module):
 
 def build_model(cfg: Config) -> EigenmapModel:
     """The model described by ``cfg.model`` and ``cfg.loss``."""
+    from eigenmap.losses import build_loss  # here, not at the top: losses import models.l2bn
+
     m = cfg.model
     backbone, feat_dim = build_backbone(m.arch, small_image_stem=m.small_image_stem)
     projector = build_projector(feat_dim, m.projector_hidden_dim, m.projector_out_dim)

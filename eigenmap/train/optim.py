@@ -1,0 +1,118 @@
+"""Optimisers: LARS (the recipe), SGD and AdamW, with the recipe's parameter groups.
+
+Biases and norm parameters (``p.ndim < 2``) take no weight decay and no LARS adaptation; the
+online monitoring classifier is its own group with its own peak lr (``optim.probe_lr``) and
+no weight decay. Every group carries ``peak_lr``; the loop sets ``lr = peak_lr * factor(step)``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from eigenmap.config import Config
+
+__all__ = ["LARS", "param_groups", "build_optimizer", "set_lr"]
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling (You et al. 2017), as in the Barlow Twins / NeuralEF code.
+
+    Per parameter p with gradient g: d = g + wd * p; if the group has ``lars_adapt``,
+    d *= trust * ||p|| / ||d|| (1 when either norm is 0); buf = momentum * buf + d; p -= lr * buf.
+
+    The per-layer norms need whole parameters: under DeepSpeed ZeRO >= 1 the optimiser only
+    sees flat shards, so LARS is for ZeRO stage 0 (``check_train_config`` enforces it).
+    """
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 trust_coefficient: float = 0.001, lars_adapt: bool = True):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        trust_coefficient=trust_coefficient, lars_adapt=lars_adapt)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            # foreach kernels: one launch per op for the whole group instead of one per tensor
+            grads = [p.grad for p in params]
+            if group["weight_decay"] != 0:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["lars_adapt"]:
+                p_norm = torch.stack(torch._foreach_norm(params))
+                d_norm = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where((p_norm > 0) & (d_norm > 0),
+                                    group["trust_coefficient"] * p_norm / d_norm, torch.ones_like(p_norm))
+                grads = torch._foreach_mul(grads, list(trust.unbind()))
+            bufs = []
+            for p, d in zip(params, grads):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+        return loss
+
+
+def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
+    """The recipe's groups: weights (decay, LARS), biases/norms (neither), online head.
+
+    Each group has ``name`` and ``peak_lr``; ``lr`` starts at the peak. The online classifier
+    (``model.online_head``) is excluded from the encoder groups by identity, not by name.
+    """
+    head = getattr(model, "online_head", None)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    weights, flat = [], []
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in head_ids:
+            continue
+        (flat if p.ndim < 2 else weights).append(p)  # biases and norm scales: p.ndim == 1
+    lr = cfg.optim.lr
+    if lr is None:
+        raise ValueError("optim.lr is null: pass the config through eigenmap.config.resolve() first")
+    groups = [
+        dict(name="weights", params=weights, peak_lr=lr, lr=lr, weight_decay=cfg.optim.weight_decay,
+             lars_adapt=True),
+        dict(name="biases_and_norms", params=flat, peak_lr=lr, lr=lr, weight_decay=0.0, lars_adapt=False),
+    ]
+    if head_ids:
+        groups.append(dict(name="online_head", params=list(head.parameters()), peak_lr=cfg.optim.probe_lr,
+                           lr=cfg.optim.probe_lr, weight_decay=0.0, lars_adapt=False))
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """The optimiser named by ``cfg.optim.name`` over :func:`param_groups` (pass it to DeepSpeed)."""
+    o = cfg.optim
+    groups = param_groups(model, cfg)
+    on_cuda = next(model.parameters()).is_cuda
+    if o.name == "lars":
+        return LARS(groups, lr=o.lr, momentum=o.momentum, trust_coefficient=o.trust_coefficient)
+    if o.name == "sgd":
+        for g in groups:
+            g.pop("lars_adapt")
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, foreach=True)
+    if o.name == "adamw":
+        for g in groups:
+            g.pop("lars_adapt")
+        # fused: one kernel for the whole update on CUDA; foreach elsewhere
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.999), fused=on_cuda or None,
+                                 foreach=None if on_cuda else True)
+    raise ValueError(f"unknown optimiser {o.name!r}; accepted: lars, sgd, adamw")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Set every group's ``lr`` to ``peak_lr * factor`` (works through DeepSpeed's wrappers)."""
+    for g in optimizer.param_groups:
+        g["lr"] = g["peak_lr"] * factor

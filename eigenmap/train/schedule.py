@@ -1,0 +1,37 @@
+"""Learning-rate schedule: pure functions of the global step (resume needs no scheduler state).
+
+Linear warm-up from 0 to the peak, then a half cosine from the peak down to
+``final_lr_ratio * peak`` at the last step (DINO's ``cosine_scheduler``, evaluated per step).
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["warmup_cosine", "lr_factor"]
+
+
+def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, peak: float,
+                  final_ratio: float) -> float:
+    """Learning rate at ``step`` (0-based, the step about to be taken).
+
+    Args:
+        step: global optimiser step, 0 <= step (steps past ``total_steps`` stay at the floor).
+        total_steps: steps of the whole run (all epochs), >= 1.
+        warmup_steps: linear warm-up steps, 0 <= warmup_steps <= total_steps.
+        peak: learning rate at the end of the warm-up.
+        final_ratio: the cosine ends at ``final_ratio * peak``.
+    """
+    return peak * lr_factor(step, total_steps=total_steps, warmup_steps=warmup_steps,
+                            final_ratio=final_ratio)
+
+
+def lr_factor(step: int, *, total_steps: int, warmup_steps: int, final_ratio: float) -> float:
+    """The schedule's multiplier of the peak, in [0, 1]; every param group scales its own peak."""
+    if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}), total >= 1")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps  # the first step already moves (lr 0 would waste it)
+    decay_steps = max(total_steps - warmup_steps - 1, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
