@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The GPU check, as one plain process per measurement, on a machine that has torch but maybe not
+# Ray, FFCV or FAISS (ENVIRONMENT.md). Wheels in .whl/ (DeepSpeed and its pure-Python needs) are
+# installed to a temporary site first when present. Figures go to $OUT (default ./gpu_out).
+#   bash tools/gpu_check.sh            # eager and torch.compile runs of the ResNet-50 224 px step
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])" | tee -a "$OUT/gpu.txt"
+rc=0
+python3 tools/bench_step.py --device cuda --arch resnet50 --resolution 224 --synthetic --no-ray \
+  --json "$OUT/bench_step_eager.json" 2>&1 | tee "$OUT/bench_step_eager.log" || rc=1
+python3 tools/bench_step.py --device cuda --arch resnet50 --resolution 224 --synthetic --no-ray --compile \
+  --json "$OUT/bench_step_compile.json" 2>&1 | tee "$OUT/bench_step_compile.log" || rc=1
+exit $rc
