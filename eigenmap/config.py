@@ -133,7 +133,13 @@ def _view2_defaults() -> ViewAugmentConfig:
 
 @dataclass
 class DataConfig:
-    train_path: str = _f("", "training .beton written by `eigenmap prepare`")
+    train_path: str = _f(
+        "", "training .beton written by `eigenmap prepare`, or the literal 'synthetic' (random "
+        "pixels made on the device: benchmarks and GPU checks, no data needed)"
+    )
+    synthetic_images: int = _f(
+        4096, "images per epoch over all workers when train_path is 'synthetic'", ge=1
+    )
     val_path: str = _f("", "validation .beton (probe, kNN, retrieval database/queries)")
     resolution: int = _f(224, "output side of the random-resized crop, pixels", ge=8)
     eval_resize: int = _f(256, "evaluation: resize the short side to this, then centre crop", ge=8)

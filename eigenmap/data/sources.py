@@ -25,7 +25,7 @@ import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def _to_rgb_array(img) -> np.ndarray:
         img = Image.alpha_composite(white, rgba)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"could not convert mode {mode} to RGB")
     return np.ascontiguousarray(arr)
@@ -395,8 +395,3 @@ def open_source(src: Union[str, os.PathLike], *, split: str = "train",
     if not any(True for _ in os.scandir(path)):
         raise SourceError(f"source '{path}' is empty; expected class folders of images (SRC/<class>/<files>)")
     return _scan_image_folder(path)
-
-
-def labels_of(source: Union[ImageFolderSource, IdxSource], indices: Sequence[int]) -> np.ndarray:
-    """Labels of the given items, ``[len(indices)]`` int64."""
-    return np.asarray(source.labels)[np.asarray(indices, dtype=np.int64)]

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def pick_device(cfg: Config) -> torch.device:
     """CUDA (this process's local GPU) when the config asks for GPUs and one is visible, else CPU."""
-    if cfg.dist.gpus_per_worker > 0 or (cfg.dist.gpus_per_worker == 0 and False):
+    if cfg.dist.gpus_per_worker > 0:
         if not torch.cuda.is_available():
             raise RuntimeError(f"dist.gpus_per_worker={cfg.dist.gpus_per_worker} but no CUDA device is "
                                "visible in this worker; set dist.gpus_per_worker=0 to train on CPU")
@@ -60,6 +60,7 @@ def init_process_group(device: torch.device) -> None:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         tdist.init_process_group(backend, timeout=timeout)
     else:
+        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's sanity check reads it
         tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1, timeout=timeout)
 
 
@@ -113,6 +114,8 @@ def build_engine(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer
     engine, ds_optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(cfg, precision, world),
         dist_init_required=False)
-    if cfg.model.channels_last:
-        engine.module.to(memory_format=torch.channels_last)  # NHWC convs: faster on CPU (oneDNN) and tensor cores
+    if cfg.model.channels_last and cfg.dist.zero_stage == 0:
+        engine.module.to(memory_format=torch.channels_last)  # NHWC weights: no per-step layout conversion
+    # ZeRO 1-2 view each gradient as a slice of a flat buffer and fail on channels_last grads:
+    # there the weights stay NCHW and the channels_last INPUT still selects NHWC convolutions.
     return engine, ds_optimizer

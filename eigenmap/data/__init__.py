@@ -1,0 +1,40 @@
+"""Data: ImageFolder/IDX -> FFCV writer, two-view loaders, batched augmentations, a twin.
+
+- :func:`write_beton` (``eigenmap prepare``): source -> ``.beton`` + manifest.
+- :func:`read_manifest`: classes, counts, skipped files of a ``.beton``.
+- :func:`build_train_loader`: FFCV two-view loader of one worker's shard (uint8 views).
+- :class:`BatchAugment`: per-sample colour jitter, grayscale, blur, solarise, normalise on
+  the device.
+- :func:`build_eval_loader`: deterministic resize + centre crop, normalised.
+- :func:`build_twin_train_loader`: the torchvision equivalent of the training loader.
+
+Heavy modules (FFCV, numba, torchvision) are imported when a function needs them.
+"""
+
+from .augment import BatchAugment
+from .ffcv_loaders import EvalLoader, TwoViewLoader, build_eval_loader, build_train_loader
+from .manifest import ManifestError, manifest_path, read_manifest
+from .sharding import epoch_permutation, eval_shard, steps_per_epoch, train_shard
+from .sources import SourceError
+from .twin import TwoViewFolder, build_twin_train_loader
+from .writer import WriterError, write_beton
+
+__all__ = [
+    "BatchAugment",
+    "EvalLoader",
+    "ManifestError",
+    "SourceError",
+    "TwoViewFolder",
+    "TwoViewLoader",
+    "WriterError",
+    "build_eval_loader",
+    "build_train_loader",
+    "build_twin_train_loader",
+    "epoch_permutation",
+    "eval_shard",
+    "manifest_path",
+    "read_manifest",
+    "steps_per_epoch",
+    "train_shard",
+    "write_beton",
+]

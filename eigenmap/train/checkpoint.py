@@ -1,0 +1,229 @@
+"""Checkpoints: what one holds, atomic writes, finding the latest, and the exported weights.
+
+A checkpoint is a directory ``step_XXXXXXXX`` holding
+
+- ``engine/``: the DeepSpeed engine (module state with the BatchNorm and L2-BatchNorm buffers,
+  optimiser state or this rank's ZeRO shard), written by DeepSpeed's own ``save_checkpoint``;
+- ``trainer_state.pt``: loader position (epoch, step in epoch), global step, world size and a
+  copy of the L2-BatchNorm statistics (rank 0);
+- ``rng_rank{r}.pt``: each rank's RNG states (torch, CUDA, numpy, python, batched augments);
+- ``meta.json``: the same counters and the last logged metrics, for people and tools.
+
+Where checkpoints go is a :class:`CheckpointStore`: :class:`LocalCheckpointStore` (plain
+process or torchrun; temp directory + rename, keeps the last K) or one the launcher passes in
+(Ray Train's checkpoint API, see ``launch/ray_runner.py``). The worker never imports Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from eigenmap import dist
+
+__all__ = ["TrainerState", "CheckpointStore", "LocalCheckpointStore", "write_checkpoint",
+           "read_checkpoint", "find_latest", "is_complete", "export_weights", "CHECKPOINT_RE"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_RE = re.compile(r"^step_(\d{8})$")
+ENGINE_TAG = "engine"
+
+
+@dataclass
+class TrainerState:
+    """The run's own counters: ``step`` optimiser steps done; the loader resumes at
+    (``epoch``, ``step_in_epoch``)."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+
+
+# ------------------------------------------------------------------------------------------
+# What a checkpoint holds
+# ------------------------------------------------------------------------------------------
+
+
+def _rng_state(augment: Any) -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]), "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "python": torch.tensor(py_state[1], dtype=torch.int64),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    if augment is not None and hasattr(augment, "state_dict"):
+        state["augment"] = augment.state_dict()
+    return state
+
+
+def _set_rng_state(state: dict, augment: Any) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    if augment is not None and "augment" in state and hasattr(augment, "load_state_dict"):
+        augment.load_state_dict(state["augment"])
+
+
+def _l2bn_state(model: torch.nn.Module) -> dict:
+    l2bn = getattr(model, "l2bn", None)
+    if l2bn is None:
+        return {}
+    return {k: v.detach().cpu().clone() for k, v in l2bn.state_dict().items()}
+
+
+def write_checkpoint(path: Path, engine: Any, state: TrainerState, augment: Any = None,
+                     metrics: Optional[dict] = None) -> None:
+    """Every rank writes its part of one checkpoint into the directory ``path``.
+
+    Collective: all ranks must call it (DeepSpeed's save synchronises them).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    engine.save_checkpoint(str(path), tag=ENGINE_TAG, save_latest=False,
+                           client_state={"trainer_step": state.step})
+    torch.save(_rng_state(augment), path / f"rng_rank{rank}.pt")
+    if rank == 0:
+        torch.save({**asdict(state), "world_size": world, "l2bn": _l2bn_state(engine.module)},
+                   path / "trainer_state.pt")
+        meta = {**asdict(state), "world_size": world, "time": time.time(), "metrics": metrics or {}}
+        (path / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def read_checkpoint(path: Path, engine: Any, augment: Any = None) -> TrainerState:
+    """Restore the engine, this rank's RNG states and the counters from ``path`` (all ranks)."""
+    path = Path(path)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    trainer = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    if trainer["world_size"] != world:
+        raise RuntimeError(
+            f"checkpoint {path} was written by {trainer['world_size']} workers, this run has {world}: "
+            "resume with the same dist.num_workers (the loader position and ZeRO shards depend on it)")
+    # DeepSpeed reads its own files (with torch.load(weights_only=False)); they are files this
+    # run wrote. Everything else here is read with weights_only=True.
+    load_path, _ = engine.load_checkpoint(str(path), tag=ENGINE_TAG, load_module_strict=True,
+                                          load_optimizer_states=True, load_lr_scheduler_states=False)
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed found no engine state under {path / ENGINE_TAG}")
+    _set_rng_state(torch.load(path / f"rng_rank{rank}.pt", map_location="cpu", weights_only=True), augment)
+    return TrainerState(step=trainer["step"], epoch=trainer["epoch"], step_in_epoch=trainer["step_in_epoch"])
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint directory holds the counters, the engine and every rank's RNG file."""
+    path = Path(path)
+    meta = path / "meta.json"
+    if not (meta.is_file() and (path / "trainer_state.pt").is_file() and (path / ENGINE_TAG).is_dir()):
+        return False
+    try:
+        world = json.loads(meta.read_text())["world_size"]
+    except (ValueError, KeyError):
+        return False
+    return all((path / f"rng_rank{r}.pt").is_file() for r in range(world))
+
+
+def find_latest(root: Path) -> Optional[Path]:
+    """The complete checkpoint with the highest step under ``root``, or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in root.iterdir()
+                   if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir())
+    for _, p in reversed(found):
+        if is_complete(p):
+            return p
+    return None
+
+
+def export_weights(model: torch.nn.Module, run_dir: Path) -> dict[str, Path]:
+    """Rank 0: write ``encoder.pt`` (a plain torchvision ResNet state dict, no ``fc``; load it
+    with ``resnet.load_state_dict(sd, strict=False)``) and ``model.pt`` (the whole module:
+    encoder, projector, L2-BatchNorm statistics, online head). Atomic (temp file + rename)."""
+    run_dir = Path(run_dir)
+    out = {}
+    for name, module in (("encoder.pt", model.backbone), ("model.pt", model)):
+        sd = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+        tmp = run_dir / f".{name}.tmp"
+        torch.save(sd, tmp)
+        tmp.replace(run_dir / name)
+        out[name] = run_dir / name
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Where checkpoints go
+# ------------------------------------------------------------------------------------------
+
+
+class CheckpointStore:
+    """Where a run's checkpoints go and where a restarted run finds the latest one.
+
+    ``save(step, write, metrics)`` is called by every rank: ``write(dir)`` writes this rank's
+    part into a directory the store chooses; the store publishes it atomically.
+    ``latest()`` is a context manager yielding the directory to resume from, or None.
+    """
+
+    def latest(self) -> contextlib.AbstractContextManager[Optional[Path]]:
+        raise NotImplementedError
+
+    def save(self, step: int, write: Callable[[Path], None], metrics: dict) -> None:
+        raise NotImplementedError
+
+
+class LocalCheckpointStore(CheckpointStore):
+    """Checkpoints under ``root`` (``run_dir/checkpoints``) on a filesystem every rank sees.
+
+    Every rank writes into ``root/.tmp-step_XXXXXXXX``; after a barrier rank 0 renames it to
+    ``step_XXXXXXXX`` (a directory rename is atomic), so an interrupted write leaves only a
+    temp directory and the previous checkpoint stays the latest. Then the oldest beyond
+    ``keep`` are deleted.
+    """
+
+    def __init__(self, root: Path, keep: int):
+        self.root, self.keep = Path(root), keep
+
+    @contextlib.contextmanager
+    def latest(self) -> Iterator[Optional[Path]]:
+        yield find_latest(self.root)
+
+    def save(self, step: int, write: Callable[[Path], None], metrics: dict) -> None:
+        final = self.root / f"step_{step:08d}"
+        tmp = self.root / f".tmp-step_{step:08d}"
+        if dist.get_rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted write
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        write(tmp)
+        dist.barrier()
+        if dist.get_rank() == 0:
+            if final.exists():  # the same step written by an earlier attempt: replace it
+                shutil.rmtree(final)
+            tmp.rename(final)
+            self._prune()
+        dist.barrier()
+
+    def _prune(self) -> None:
+        done = sorted((int(m.group(1)), p) for p in self.root.iterdir()
+                      if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir())
+        for _, p in done[: max(len(done) - self.keep, 0)]:
+            shutil.rmtree(p, ignore_errors=True)

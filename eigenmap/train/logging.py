@@ -1,0 +1,161 @@
+"""Rank-0 observability: progress bar, TensorBoard, a metrics JSONL file.
+
+Every method is a no-op on ranks other than 0, so the loop calls them unconditionally.
+TensorBoard tags (read back by the tests):
+
+- ``train/loss``, ``train/reg``, ``train/total``, ``train/cls_loss``, ``train/online_acc``,
+  ``train/lr``: at log steps;
+- ``perf/images_per_sec_per_worker``, ``perf/images_per_sec``: source images (each gives two
+  views) per second over the last log window;
+- ``spectrum/eigenvalues`` (histogram) and ``spectrum/eigenvalues_plot`` (line plot image):
+  the L2-BatchNorm running eigenvalue estimates, every epoch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging as _logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+__all__ = ["RunLogger", "spectrum_plot"]
+
+log = _logging.getLogger(__name__)
+
+SCALAR_TAGS = {"loss": "train/loss", "reg": "train/reg", "total": "train/total",
+               "cls_loss": "train/cls_loss", "acc": "train/online_acc", "lr": "train/lr"}
+
+
+def spectrum_plot(eigenvalues: np.ndarray, height: int = 240, width: int = 400) -> np.ndarray:
+    """A line plot of ``eigenvalues`` against their index as an RGB image [H, W, 3] uint8.
+
+    Drawn with PIL (matplotlib is not a dependency): axes box, a dashed zero line, the curve.
+    """
+    from PIL import Image, ImageDraw
+
+    ev = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 44, width - 10, 14, height - 22
+    draw.rectangle([left, top, right, bottom], outline="black")
+    if ev.size == 0 or not np.isfinite(ev).any():
+        return np.asarray(img)
+    ev = np.where(np.isfinite(ev), ev, 0.0)
+    lo, hi = min(ev.min(), 0.0), max(ev.max(), 1e-12)
+    span = hi - lo or 1.0
+
+    def y(v: float) -> float:
+        return bottom - (v - lo) / span * (bottom - top)
+
+    xs = np.linspace(left, right, num=ev.size) if ev.size > 1 else np.array([(left + right) / 2])
+    if lo < 0 < hi:
+        for x0 in range(left, right, 8):
+            draw.line([(x0, y(0.0)), (min(x0 + 4, right), y(0.0))], fill=(150, 150, 150))
+    pts = [(float(x), float(y(v))) for x, v in zip(xs, ev)]
+    if len(pts) > 1:
+        draw.line(pts, fill=(31, 119, 180), width=2)
+    else:
+        draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=(31, 119, 180))
+    draw.text((2, top - 4), f"{hi:.3g}", fill="black")
+    draw.text((2, bottom - 8), f"{lo:.3g}", fill="black")
+    draw.text((left, bottom + 4), "1", fill="black")
+    draw.text((right - 30, bottom + 4), f"{ev.size}", fill="black")
+    draw.text((width // 2 - 40, bottom + 4), "eigenvalue index", fill="black")
+    return np.asarray(img)
+
+
+class RunLogger:
+    """Progress bar (step, epoch, loss, images/s, ETA), TensorBoard and ``metrics.jsonl``.
+
+    The bar is tqdm on a terminal; when stderr is not one (a Ray worker, a batch job's log) it
+    is one text line per log step instead, which log collectors forward as it comes.
+
+    Args:
+        run_dir: TensorBoard events go to ``run_dir/tensorboard``, scalars also to
+            ``run_dir/metrics.jsonl`` (one JSON object per log step).
+        rank: only rank 0 writes or shows anything.
+        total_steps, start_step: for the bar and its ETA.
+    """
+
+    def __init__(self, run_dir: Path, *, rank: int, total_steps: int, start_step: int = 0,
+                 progress_bar: bool = True, tensorboard: bool = True):
+        self.active = rank == 0
+        self.text_progress = False
+        self.bar = self.writer = self.jsonl = None
+        if not self.active:
+            return
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        self.total_steps, self.start_step, self.started = total_steps, start_step, time.perf_counter()
+        self.text_progress = progress_bar and not sys.stderr.isatty()
+        if progress_bar and not self.text_progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            desc="train", mininterval=1.0)
+
+    def step(self, n: int = 1) -> None:
+        """Advance the bar (host-only: no device synchronisation)."""
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def scalars(self, step: int, epoch: int, values: dict[str, float], *, images_per_sec_per_worker: float,
+                world_size: int) -> None:
+        """Log the values read at a log step (``loss``, ``reg``, ``total``, ``acc``, ``lr``...)."""
+        if not self.active:
+            return
+        total_rate = images_per_sec_per_worker * world_size
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(SCALAR_TAGS.get(key, f"train/{key}"), value, step)
+            self.writer.add_scalar("perf/images_per_sec_per_worker", images_per_sec_per_worker, step)
+            self.writer.add_scalar("perf/images_per_sec", total_rate, step)
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"step": step, "epoch": epoch, **values,
+                                         "images_per_sec": total_rate,
+                                         "images_per_sec_per_worker": images_per_sec_per_worker}) + "\n")
+        if self.bar is not None:
+            self.bar.set_postfix(epoch=epoch, loss=f"{values.get('loss', float('nan')):.4g}",
+                                 img_s=f"{total_rate:.0f}", refresh=False)
+        elif self.text_progress:  # a log file or Ray's forwarded output: one line per log step, no \r
+            done = step - self.start_step
+            eta = (time.perf_counter() - self.started) / max(done, 1) * (self.total_steps - step)
+            print(f"train: step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) epoch {epoch} "
+                  f"loss {values.get('loss', float('nan')):.4g} images/s {total_rate:.0f} "
+                  f"ETA {datetime.timedelta(seconds=round(eta))}", file=sys.stderr, flush=True)
+
+    def spectrum(self, step: int, eigenvalues: Optional[torch.Tensor]) -> None:
+        """The running eigenvalue estimates as a histogram and a line plot image."""
+        if not self.active or self.writer is None or eigenvalues is None:
+            return
+        ev = eigenvalues.detach().float().cpu().numpy()
+        self.writer.add_histogram("spectrum/eigenvalues", ev, step)
+        self.writer.add_image("spectrum/eigenvalues_plot", spectrum_plot(ev), step, dataformats="HWC")
+
+    def message(self, text: str) -> None:
+        if not self.active:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            log.info(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+        self.bar = self.writer = self.jsonl = None

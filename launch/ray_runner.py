@@ -1,0 +1,168 @@
+"""Run the training worker on a Ray cluster with Ray Train's ``TorchTrainer``.
+
+- Cluster: an embedded local one (loopback only, dashboard off) when ``dist.address`` is null,
+  else the existing cluster at ``auto`` or ``host:port`` (how a run scales out to many nodes).
+- Workers: ``dist.num_workers`` processes, each reserving ``dist.cpus_per_worker`` CPUs and
+  ``dist.gpus_per_worker`` GPUs; the process group is NCCL on GPUs and gloo on CPUs.
+- Checkpoints go through Ray Train's checkpoint API into ``run_dir/checkpoints/step_XXXXXXXX``
+  (``RunConfig(storage_path=run_dir, name="checkpoints")``): Ray registers a checkpoint only
+  once every worker's files are persisted, keeps the last ``train.keep_checkpoints``, and on a
+  worker failure restarts the group (``FailureConfig(max_failures)``) from the latest one. A
+  new ``eigenmap train`` on the same run directory finds Ray's snapshot there and resumes.
+
+``run_dir`` must be a path every node sees (a shared filesystem) on a multi-node cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from eigenmap.config import Config, from_dict, to_dict
+
+__all__ = ["run_on_ray", "RayCheckpointStore", "train_loop_per_worker", "CHECKPOINTS_DIR_NAME"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR_NAME = "checkpoints"
+
+
+class RayCheckpointStore:
+    """The worker's checkpoint store under Ray Train (see ``eigenmap.train.checkpoint``).
+
+    ``save``: every worker writes its part into a local temporary directory and reports it with
+    ``ray.train.report(checkpoint=...)``; Ray merges the workers' files into one directory.
+    ``latest``: Ray's checkpoint to restart from, else (a run directory written without Ray)
+    the newest complete ``step_*`` directory already there.
+    """
+
+    def __init__(self, run_dir: Path):
+        from eigenmap.train.checkpoint import find_latest
+
+        self._find_latest = find_latest
+        self.root = Path(run_dir) / CHECKPOINTS_DIR_NAME
+
+    @contextlib.contextmanager
+    def latest(self) -> Iterator[Optional[Path]]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield self._find_latest(self.root)
+            return
+        with checkpoint.as_directory() as path:
+            yield Path(path)
+
+    def save(self, step: int, write: Callable[[Path], None], metrics: dict) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory(prefix=f"eigenmap-step{step}-") as tmp:
+            write(Path(tmp))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"step_{step:08d}")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point on each worker: rebuild the config and run the worker loop."""
+    from eigenmap.train.worker import train
+
+    import ray
+    import ray.train
+
+    cfg = from_dict(config["cfg"])
+    rank = ray.train.get_context().get_world_rank()
+    workers = Path(cfg.train.run_dir) / "workers"
+    workers.mkdir(parents=True, exist_ok=True)
+    (workers / f"rank{rank}.ray.json").write_text(json.dumps(  # which Ray node runs each rank
+        {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}))
+    train(cfg, store=RayCheckpointStore(Path(cfg.train.run_dir)))
+
+
+def _init_ray(cfg: Config) -> bool:
+    """Connect to ``dist.address`` or start an embedded local cluster; True when we started it."""
+    address = cfg.dist.address
+    embedded = address is None
+    if embedded:
+        # single-machine mode: Ray advertises and binds its ports on 127.0.0.1 only (read when
+        # ray is first imported, hence before the import below; it also refuses other nodes)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # the training workers run at the driver's priority, not Ray's default nice 15 for
+        # workers (on a shared machine a niced trainer loses its cores to any other job)
+        os.environ.setdefault("RAY_worker_niceness", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # keep the workers' own output format
+    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")  # Ray's Prometheus metrics: TensorBoard has ours
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report to the network
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if embedded:
+        need_cpus = cfg.dist.num_workers * cfg.dist.cpus_per_worker
+        ray.init(address="local", num_cpus=max(need_cpus, os.cpu_count() or 1), include_dashboard=False,
+                 configure_logging=True, logging_level=logging.WARNING)
+        return True
+    ray.init(address=address, logging_level=logging.WARNING)
+    return False
+
+
+def run_on_ray(cfg: Config) -> dict[str, Any]:
+    """Train ``cfg`` (resolved and checked) with a Ray ``TorchTrainer``; returns the summary.
+
+    The summary is the worker's ``run_dir/status.json`` (``status`` "finished" or "nonfinite")
+    plus ``attempts`` (worker-group starts, restarts included), ``wall_seconds`` and, when Ray
+    gave up, ``status: "failed"`` with the error.
+    """
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status_path = run_dir / "status.json"
+    status_path.unlink(missing_ok=True)  # a status left by an earlier run must not pass for this one's
+    attempts_before = _count_lines(run_dir / "attempts.jsonl")
+    started = time.perf_counter()
+    we_started = _init_ray(cfg)
+    try:
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        gpus = cfg.dist.gpus_per_worker
+        resources = {"CPU": cfg.dist.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})}
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": to_dict(cfg)},
+            scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=gpus > 0,
+                                         resources_per_worker=resources),
+            torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+            run_config=RunConfig(
+                name=CHECKPOINTS_DIR_NAME, storage_path=str(run_dir),
+                failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+        )
+        error: Optional[str] = None
+        try:
+            result = trainer.fit()
+            if getattr(result, "error", None) is not None:
+                error = repr(result.error)
+        except Exception as e:  # Ray raises when the run failed more than max_failures times
+            error = f"{type(e).__name__}: {e}"
+    finally:
+        if we_started:
+            import ray
+
+            ray.shutdown()
+    summary: dict[str, Any] = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    if error is not None or not summary:
+        summary = {**summary, "status": "failed",
+                   "message": error or "the workers stopped without writing status.json"}
+    summary["attempts"] = _count_lines(run_dir / "attempts.jsonl") - attempts_before
+    summary["wall_seconds"] = time.perf_counter() - started
+    return summary
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for _ in open(path)) if path.is_file() else 0
+

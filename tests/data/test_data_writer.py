@@ -1,0 +1,206 @@
+"""The writer: every good image in the file, every bad one listed, labels from the folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eigenmap.data import SourceError, WriterError, read_manifest, write_beton
+from eigenmap.data.sources import load_rgb
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def mixed_source(imagenette_subset: Path, odd_files: dict, tmp_path_factory) -> Path:
+    """Real Imagenette classes plus the 'odd' class of broken and unusual files."""
+    root = tmp_path_factory.mktemp("mixed")
+    for cls in imagenette_subset.iterdir():
+        shutil.copytree(cls, root / cls.name)
+    shutil.copytree(odd_files["root"] / "odd", root / "odd", symlinks=True)
+    shutil.copy(odd_files["root"] / "README.txt", root / "README.txt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def mixed_written(mixed_source: Path, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("mixed_out") / "mixed.beton"
+    manifest = write_beton(mixed_source, out, workers=2)
+    return out, manifest
+
+
+def test_every_good_image_is_stored_with_its_folder_label_and_pixels(mixed_source, mixed_written, odd_files,
+                                                                     read_stored):
+    out, manifest = mixed_written
+    classes = sorted(p.name for p in mixed_source.iterdir() if p.is_dir())
+    assert manifest["classes"] == classes
+    bad = set(odd_files["bad"])
+    expected = [(label, f) for label, cls in enumerate(classes)
+                for f in sorted((mixed_source / cls).iterdir()) if f.name not in bad]
+    stored = read_stored(out)
+    assert manifest["num_images"] == len(stored) == len(expected)
+    assert [label for _, label in stored] == [label for label, _ in expected]
+    assert manifest["counts"] == {c: sum(1 for label, _ in expected if classes[label] == c) for c in classes}
+    for (image, _), (_, path) in zip(stored, expected):
+        source = load_rgb(path)
+        assert image.shape == source.shape, path
+        # a JPEG re-encoding at quality 90 of the same pixels
+        assert _psnr(image, source) > 30, path
+
+
+def test_every_bad_file_is_listed_with_its_reason(mixed_source, mixed_written, odd_files):
+    _, manifest = mixed_written
+    reasons = {Path(s["path"]).name: s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == set(odd_files["bad"]) | {"README.txt"}
+    for name, word in odd_files["bad"].items():
+        assert word in reasons[name], (name, reasons[name])
+    assert "not in a class folder" in reasons["README.txt"]
+    # the manifest on disk is the one returned
+    assert read_manifest(mixed_written[0]) == json.loads(json.dumps(manifest))
+
+
+def test_odd_image_modes_are_converted_to_rgb(mixed_source, mixed_written, odd_files, read_stored):
+    out, manifest = mixed_written
+    odd_label = manifest["classes"].index("odd")
+    bad = set(odd_files["bad"])
+    names = [f.name for f in sorted((mixed_source / "odd").iterdir()) if f.name not in bad]
+    stored = [image for image, label in read_stored(out) if label == odd_label]
+    assert len(stored) == len(names) == len(odd_files["good"])
+    for name, image in zip(names, stored):
+        assert image.ndim == 3 and image.shape[2] == 3
+        want = np.array(odd_files["good"][name])
+        assert np.abs(image[0, 0].astype(int) - want).max() <= 8, (name, image[0, 0], want)
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason=f"Debian's dataset-fashion-mnist is not installed ({FASHION_MNIST})")
+def test_fashion_mnist_idx_files_convert(tmp_path, read_stored):
+    import gzip
+
+    out = tmp_path / "fm.beton"
+    manifest = write_beton(FASHION_MNIST, out, split="t10k", write_mode="raw", workers=2)
+    with gzip.open(FASHION_MNIST / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read()[8:], dtype=np.uint8)
+    with gzip.open(FASHION_MNIST / "t10k-images-idx3-ubyte.gz") as f:
+        pixels = np.frombuffer(f.read()[16:], dtype=np.uint8).reshape(-1, 28, 28)
+    assert manifest["num_images"] == 10000 and manifest["skipped"] == []
+    assert manifest["classes"] == [str(i) for i in range(10)]
+    assert manifest["label_names"][0] == "T-shirt/top"
+    assert list(manifest["counts"].values()) == np.bincount(labels, minlength=10).tolist()
+    stored = read_stored(out)
+    assert [label for _, label in stored] == labels.tolist()
+    for i in (0, 1234, 9999):
+        assert np.array_equal(stored[i][0], np.repeat(pixels[i][..., None], 3, axis=2))
+    # the scratch copy of the decompressed images is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fm.beton", "fm.beton.json"]
+
+
+def test_existing_output_is_kept_unless_overwrite(imagenette_subset, tmp_path):
+    out = tmp_path / "a.beton"
+    out.write_bytes(b"precious")
+    with pytest.raises(WriterError, match="--overwrite"):
+        write_beton(imagenette_subset, out, workers=1)
+    assert out.read_bytes() == b"precious"
+    manifest = write_beton(imagenette_subset, out, workers=1, overwrite=True)
+    assert out.stat().st_size > 1000 and read_manifest(out) == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.beton", "a.beton.json"]  # no leftovers
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "no class folders", "only bad files"])
+def test_unusable_source_is_an_error_naming_it(kind, odd_files, tmp_path):
+    src = tmp_path / "src"
+    if kind == "empty":
+        src.mkdir()
+    elif kind == "no class folders":
+        src.mkdir()
+        (src / "a.jpg").write_bytes(b"x")
+    elif kind == "only bad files":
+        (src / "cls").mkdir(parents=True)
+        (src / "cls" / "empty.jpg").write_bytes(b"")
+        (src / "cls" / "text.jpg").write_text("not an image")
+    out = tmp_path / "out.beton"
+    with pytest.raises((SourceError, WriterError), match=str(src)):
+        write_beton(src, out, workers=1)
+    assert not out.exists() and not Path(str(out) + ".json").exists()
+
+
+def test_cli_reports_user_errors_without_traceback(tmp_path, capsys):
+    from launch.cli import main
+
+    rc = main(["prepare", str(tmp_path / "nowhere"), str(tmp_path / "o.beton")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "nowhere" in err and "does not exist" in err and "Traceback" not in err
+    (tmp_path / "src").mkdir()
+    rc = main(["prepare", str(tmp_path / "src"), str(tmp_path / "o.beton"), "--jpeg-quality", "101"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "101" in err and "1 to 100" in err
+
+
+def test_cli_writes_the_file_and_its_figures(imagenette_subset, tmp_path, capsys):
+    from launch.cli import main
+
+    out, figures = tmp_path / "s.beton", tmp_path / "figures.json"
+    rc = main(["prepare", str(imagenette_subset), str(out), "--workers", "2", "--max-resolution", "64",
+               "--json", str(figures)])
+    assert rc == 0
+    data = json.loads(figures.read_text())
+    assert data["num_images"] == read_manifest(out)["num_images"] > 0
+    assert data["seconds"] > 0 and data["num_skipped"] == 0
+    assert read_manifest(out)["max_resolution"] == 64
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason=f"Debian's dataset-fashion-mnist is not installed ({FASHION_MNIST})")
+def test_interrupted_write_leaves_no_output(tmp_path):
+    out = tmp_path / "fm.beton"
+    cmd = [sys.executable, "-m", "launch.cli", "prepare", str(FASHION_MNIST), str(out), "--workers", "1"]
+    # a runner started in the background may ignore SIGINT, and children inherit that: undo it
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".fm.beton.partial") for p in tmp_path.iterdir()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # the write of 60,000 images has just begun
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, "the write finished before the interrupt arrived"
+    assert not out.exists() and not Path(str(out) + ".json").exists()
+    assert list(tmp_path.iterdir()) == [], [p.name for p in tmp_path.iterdir()]
+    assert b"interrupted" in err
+
+
+def test_a_writer_process_that_dies_fails_the_write_instead_of_hanging(tmp_path):
+    import os
+
+    from ffcv.fields import IntField, RGBImageField
+
+    from eigenmap.data.writer import _make_writer
+
+    class Dying:
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, i):
+            if i == 20:
+                os._exit(3)  # as if killed (out of memory)
+            return np.zeros((8, 8, 3), dtype=np.uint8), 0
+
+    writer = _make_writer(str(tmp_path / "x.beton"), {"image": RGBImageField(), "label": IntField()}, 1 << 21, 2)
+    with pytest.raises(WriterError, match="exited with code 3"):
+        writer.from_indexed_dataset(Dying(), indices=np.arange(50))

@@ -1,0 +1,158 @@
+"""Helpers of the launcher tests: a small FFCV file, a simulated two-node Ray cluster, the CLI.
+
+Ray is bound to 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: Ray advertises and listens
+on loopback only), uses its own temp dir and free ports, and every process a fixture starts is
+stopped by its own id at teardown (never ``ray stop``, which would stop every Ray on the host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def make_small_beton(imagenette_dir: Path, base: Path, per_class: int = 16, max_resolution: int = 40) -> Path:
+    """10 classes x ``per_class`` Imagenette images, written once per session (shared with tests/train)."""
+    out = base / "issue4-data" / "train.beton"
+    if out.is_file() and Path(str(out) + ".json").is_file():
+        return out
+    subset = out.parent / "subset"
+    for cls in sorted((imagenette_dir / "train").iterdir()):
+        (subset / cls.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            link = subset / cls.name / f.name
+            if not link.exists():
+                link.symlink_to(f)
+    from eigenmap.data import write_beton
+
+    write_beton(subset, out, max_resolution=max_resolution, workers=2, overwrite=True)
+    return out
+
+
+LAUNCH_CONFIG = """\
+model: {arch: resnet18, small_image_stem: false, projector_hidden_dim: 64, projector_out_dim: 64, num_classes: 10}
+loss: {alpha: 0.01}
+optim: {name: sgd, lr: 0.5, warmup_epochs: 0.5}
+data: {resolution: 32, eval_resize: 32, batch_size_per_worker: 16, loader_workers: 1}
+dist: {num_workers: 2, cpus_per_worker: 1, zero_stage: 0, max_failures: 0}
+train: {epochs: 4, log_every_steps: 1, checkpoint_every_steps: 4, keep_checkpoints: 2, progress_bar: true}
+"""
+
+
+def cli_env() -> dict:
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def eigenmap_train(*args: str, timeout: float = 300, log: Path | None = None):
+    """``eigenmap train ...`` as a subprocess (a user's command line).
+
+    Waits and returns the CompletedProcess; with ``log``, returns the running Popen at once,
+    its output going to that file.
+    """
+    cmd = [sys.executable, "-m", "launch.cli", "train", *args]
+    if log is not None:
+        with open(log, "w") as out:
+            return subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(procs: list[subprocess.Popen], grace_seconds: float = 5.0) -> None:
+    """Stop the ``ray start --block`` processes we started, and everything they started.
+
+    SIGTERM asks each to stop its Ray processes (a worker node drains for up to 30 s); after
+    ``grace_seconds`` the rest of each one's own process group (start_new_session) is killed.
+    """
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace_seconds
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.time(), 0.1))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def two_node_cluster():
+    """``ray start --head`` and a second ``ray start --address`` on 127.0.0.1, one CPU each.
+
+    Yields the head's ``host:port``. A 2-worker job with 1 CPU per worker must place one worker
+    on each node.
+    """
+    import tempfile
+
+    # a short root: Ray's unix socket paths must stay under ~107 characters
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    port = _free_port()
+    env = cli_env()
+    ray = str(VENV_BIN / "ray")
+    def common() -> list[str]:  # each node its own agent port: both share this host
+        return ["--block", "--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                f"--dashboard-agent-listen-port={_free_port()}"]
+
+    procs = []
+    try:
+        head = subprocess.Popen(
+            [ray, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}",
+             f"--ray-client-server-port={_free_port()}", *common()],
+            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(head)
+        _wait_for_port(port, head)
+        node = subprocess.Popen([ray, "start", f"--address=127.0.0.1:{port}", *common()], env=env,
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(node)
+        _wait_for_nodes(f"127.0.0.1:{port}", 2, env)
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(list(reversed(procs)))
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start --head exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"Ray head did not listen on 127.0.0.1:{port} within {seconds} s")
+
+
+def _wait_for_nodes(address: str, count: int, env: dict, seconds: float = 90) -> None:
+    probe = ("import ray, sys, time\n"
+             f"ray.init(address='{address}', logging_level='ERROR')\n"
+             f"deadline = time.time() + {seconds}\n"
+             f"while sum(n['Alive'] for n in ray.nodes()) < {count} and time.time() < deadline: time.sleep(0.5)\n"
+             f"sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) >= {count} else 1)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                          timeout=seconds + 30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the simulated cluster did not reach {count} nodes: {proc.stderr[-2000:]}")

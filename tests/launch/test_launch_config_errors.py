@@ -1,0 +1,43 @@
+"""A bad config fails in the launcher, before Ray or any worker starts, naming the problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from launch_helpers import REPO, cli_env
+
+CHECK = ("import sys\n"
+         "from launch.cli import main\n"
+         "rc = main(sys.argv[1:])\n"
+         "assert 'ray' not in sys.modules and 'deepspeed' not in sys.modules, 'started too much'\n"
+         "sys.exit(rc)\n")
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CHECK, "train", *args], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.depth=50"], "unknown config key 'model.depth'"),
+    (["data.batch_size_per_worker=big"], "config key 'data.batch_size_per_worker': got 'big'"),
+    (["dist.zero_stage=3"], "config key 'dist.zero_stage': 3 is out of range"),
+    (["data.train_path="], "config key 'data.train_path' is empty"),
+    (["data.train_path=/nonexistent/train.beton"], "'/nonexistent/train.beton' does not exist"),
+    (["data.train_path=synthetic", "dist.zero_stage=2"], "LARS"),
+])
+def test_bad_config_fails_before_any_worker_starts(launch_config, tmp_path, overrides, message):
+    if "LARS" in message:
+        overrides = [*overrides, "optim.name=lars"]
+    proc = _train(str(launch_config), f"train.run_dir={tmp_path / 'run'}", *overrides)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_config_file_is_named(tmp_path):
+    proc = _train(str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2 and "nope.yaml' does not exist" in proc.stderr

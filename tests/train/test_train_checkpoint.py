@@ -1,0 +1,73 @@
+"""Checkpoint directories: atomic publication, keep-last-K, latest-complete, exported weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from eigenmap.config import from_dict
+from eigenmap.models import build_model
+from eigenmap.train.checkpoint import LocalCheckpointStore, export_weights, find_latest, is_complete
+
+
+def _write_complete(step: int):
+    """A writer producing every file a complete single-rank checkpoint has."""
+    def write(path: Path) -> None:
+        (path / "engine").mkdir(parents=True, exist_ok=True)
+        torch.save({"w": torch.full((2,), float(step))}, path / "engine" / "mp_rank_00_model_states.pt")
+        torch.save({"step": step}, path / "trainer_state.pt")
+        torch.save({"torch": torch.get_rng_state()}, path / "rng_rank0.pt")
+        (path / "meta.json").write_text(json.dumps({"step": step, "world_size": 1}))
+    return write
+
+
+def test_an_interrupted_write_never_hides_the_previous_checkpoint(tmp_path):
+    store = LocalCheckpointStore(tmp_path / "checkpoints", keep=3)
+    store.save(4, _write_complete(4), {})
+
+    def crash(path: Path) -> None:
+        _write_complete(8)(path)
+        (path / "meta.json").unlink()  # half-written ...
+        raise KeyboardInterrupt("killed while writing")  # ... and the process dies
+
+    with pytest.raises(KeyboardInterrupt):
+        store.save(8, crash, {})
+    with store.latest() as latest:
+        assert latest == tmp_path / "checkpoints" / "step_00000004"
+    assert not (tmp_path / "checkpoints" / "step_00000008").exists()
+    store.save(8, _write_complete(8), {})  # the next attempt replaces the leftover temp dir
+    assert find_latest(tmp_path / "checkpoints").name == "step_00000008"
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_only_the_last_k_are_kept_and_incomplete_ones_are_skipped(tmp_path):
+    root = tmp_path / "checkpoints"
+    store = LocalCheckpointStore(root, keep=2)
+    for step in (2, 4, 6, 8):
+        store.save(step, _write_complete(step), {})
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000006", "step_00000008"]
+    (root / "step_00000008" / "rng_rank0.pt").unlink()  # e.g. a copy that lost a rank's file
+    assert not is_complete(root / "step_00000008")
+    assert find_latest(root).name == "step_00000006"
+    assert find_latest(tmp_path / "nothing-here") is None
+
+
+def test_exported_encoder_is_a_plain_torchvision_state_dict(tmp_path):
+    cfg = from_dict({"model": {"arch": "resnet18", "projector_hidden_dim": 16, "projector_out_dim": 8,
+                               "num_classes": 10}})
+    model = build_model(cfg).to(memory_format=torch.channels_last)
+    paths = export_weights(model, tmp_path)
+    encoder = torch.load(paths["encoder.pt"], weights_only=True)
+    net = torchvision.models.resnet18()
+    missing, unexpected = net.load_state_dict(encoder, strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+    assert all(v.is_contiguous() for v in encoder.values())
+    full = torch.load(paths["model.pt"], weights_only=True)
+    assert any(k.endswith("l2bn.eigenvalues") for k in full)
+    fresh = build_model(cfg)
+    fresh.load_state_dict(full)
+    assert not list(tmp_path.glob(".*.tmp"))

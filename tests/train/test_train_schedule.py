@@ -1,0 +1,36 @@
+"""Learning-rate schedule: linear warm-up, cosine to the floor, a pure function of the step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from eigenmap.train.schedule import lr_factor, warmup_cosine
+
+
+def test_warmup_is_linear_and_reaches_the_peak():
+    lrs = [warmup_cosine(s, total_steps=100, warmup_steps=10, peak=2.4, final_ratio=0.001) for s in range(10)]
+    assert lrs[0] == pytest.approx(0.24)
+    assert lrs[9] == pytest.approx(2.4)
+    assert all(b - a == pytest.approx(0.24) for a, b in zip(lrs, lrs[1:]))
+
+
+def test_cosine_decays_monotonically_to_the_floor():
+    lrs = [warmup_cosine(s, total_steps=100, warmup_steps=10, peak=2.4, final_ratio=0.001) for s in range(10, 100)]
+    assert lrs[0] == pytest.approx(2.4)
+    assert lrs[-1] == pytest.approx(2.4 * 0.001)
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+    mid = 10 + (100 - 10 - 1) / 2  # half-way through the decay: the mean of peak and floor
+    assert lr_factor(math.floor(mid), total_steps=100, warmup_steps=10, final_ratio=0.0) == pytest.approx(0.5, abs=0.02)
+
+
+def test_no_warmup_and_steps_past_the_end_stay_at_the_floor():
+    assert lr_factor(0, total_steps=10, warmup_steps=0, final_ratio=0.1) == pytest.approx(1.0)
+    assert lr_factor(50, total_steps=10, warmup_steps=0, final_ratio=0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("total,warmup", [(0, 0), (10, 11), (10, -1)])
+def test_bad_lengths_are_rejected(total, warmup):
+    with pytest.raises(ValueError, match="warmup_steps"):
+        lr_factor(0, total_steps=total, warmup_steps=warmup, final_ratio=0.0)

@@ -1,0 +1,60 @@
+"""The synthetic two-view source's contract, and the checks run before any worker starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from eigenmap.config import ConfigError, from_dict, resolve
+from eigenmap.train.checks import check_train_config
+from eigenmap.train.synthetic import SyntheticTwoViewLoader
+
+
+def test_synthetic_loader_has_the_training_loader_contract():
+    cfg = from_dict({"data": {"resolution": 16, "eval_resize": 16, "batch_size_per_worker": 4,
+                              "synthetic_images": 40}})
+    loader = SyntheticTwoViewLoader(cfg.data, num_classes=10, rank=1, world_size=2, seed=3)
+    assert len(loader) == 40 // (4 * 2)
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    v1, v2, labels = batches[0]
+    assert v1.shape == v2.shape == (4, 3, 16, 16) and v1.dtype == v2.dtype == torch.uint8
+    assert labels.dtype == torch.int64 and labels.shape == (4,) and int(labels.max()) < 10
+    loader.set_epoch(1, start_step=3)
+    assert len(list(loader)) == len(loader) - 3
+    again = SyntheticTwoViewLoader(cfg.data, num_classes=10, rank=1, world_size=2, seed=3)
+    assert torch.equal(next(iter(again))[0], v1)  # same seed, same batches
+    other_rank = SyntheticTwoViewLoader(cfg.data, num_classes=10, rank=0, world_size=2, seed=3)
+    assert not torch.equal(next(iter(other_rank))[0], v1)
+
+
+def _cfg(**sections):
+    return resolve(from_dict(sections))
+
+
+def test_lars_with_zero_sharding_is_refused():
+    with pytest.raises(ConfigError, match="optim.name.*dist.zero_stage"):
+        check_train_config(_cfg(optim={"name": "lars"}, dist={"zero_stage": 2}, data={"train_path": "synthetic"}))
+    check_train_config(_cfg(optim={"name": "sgd"}, dist={"zero_stage": 2}, data={"train_path": "synthetic"}))
+
+
+def test_data_path_problems_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="data.train_path' is empty"):
+        check_train_config(_cfg())
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_train_config(_cfg(data={"train_path": str(tmp_path / "missing.beton")}))
+    beton = tmp_path / "x.beton"
+    beton.write_bytes(b"")
+    (tmp_path / "x.beton.json").write_text(json.dumps({"classes": [str(i) for i in range(12)]}))
+    with pytest.raises(ConfigError, match="model.num_classes.*12"):
+        check_train_config(_cfg(data={"train_path": str(beton)}, model={"num_classes": 10}))
+    check_train_config(_cfg(data={"train_path": str(beton)}, model={"num_classes": 12}))
+
+
+def test_gpu_only_settings_are_refused_on_cpu():
+    with pytest.raises(ConfigError, match="dist.precision"):
+        check_train_config(_cfg(dist={"precision": "bf16"}, data={"train_path": "synthetic"}))
+    with pytest.raises(ConfigError, match="dist.compile"):
+        check_train_config(_cfg(dist={"compile": True}, data={"train_path": "synthetic"}))

@@ -1,0 +1,296 @@
+"""Training-step throughput: a bare PyTorch loop against the real worker loop (DeepSpeed, Ray).
+
+The same model, batch and synthetic data (random uint8 pairs made on the device, batched
+augmentations included) go through:
+
+  bare       one process, plain PyTorch: augment -> forward (both views) -> backward -> step
+  deepspeed  the worker loop ``eigenmap.train.worker.train`` as one plain process (no Ray)
+  ray        ``eigenmap train`` (Ray TorchTrainer) with 1 worker x T threads        [--device cpu]
+  ray_2x1    the same with 2 workers x 1 thread (same global batch)                 [--device cpu]
+
+Rates are source images per second (each image gives two views: "image pairs/s"), taken as
+the median over windows of ``--window`` steps after ``--warmup`` steps; the worker's windows
+exclude its logging and checkpoints, as the bare loop's do. On CUDA it also counts the model
+FLOPs of one step (FlopCounterMode) and measures a large dense bf16 matmul in the same run:
+``fraction_of_matmul_peak`` = achieved FLOP/s / matmul FLOP/s.
+
+CPU (this project's machines)::
+
+    DS_ACCELERATOR=cpu .venv/bin/python tools/bench_step.py --json bench.json
+
+One GPU, plain process, torch only (Ray not needed; DeepSpeed used if importable)::
+
+    python tools/bench_step.py --device cuda --arch resnet50 --resolution 224 --synthetic --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from eigenmap.config import Config, from_dict, resolve, to_dict  # noqa: E402
+
+
+def bench_config(args: argparse.Namespace, run_dir: Path) -> Config:
+    """The benchmark's config: ``configs/`` style values set from the arguments."""
+    steps = args.warmup + args.steps
+    cuda = args.device == "cuda"
+    values = {
+        "model": {"arch": args.arch, "small_image_stem": args.small_stem,
+                  "projector_hidden_dim": args.projector_dim, "projector_out_dim": args.projector_dim,
+                  "num_classes": 1000},
+        "optim": {"name": "lars", "warmup_epochs": 0.0},
+        "data": {"train_path": "synthetic", "resolution": args.resolution,
+                 "eval_resize": max(args.resolution, 256 if args.resolution >= 224 else args.resolution),
+                 "batch_size_per_worker": args.batch, "synthetic_images": args.batch * (steps + 1) * 2},
+        "dist": {"num_workers": 1, "cpus_per_worker": args.threads, "gpus_per_worker": 1.0 if cuda else 0.0,
+                 "zero_stage": 0, "precision": args.precision, "compile": args.compile, "max_failures": 0},
+        "train": {"run_dir": str(run_dir), "epochs": 1, "max_steps": steps, "log_every_steps": args.window,
+                  "checkpoint_every_steps": 10**9, "keep_checkpoints": 1, "progress_bar": False,
+                  "tensorboard": False, "seed": 0},
+    }
+    return resolve(from_dict(values))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_rate(window_rates: list[float]) -> float:
+    return statistics.median(window_rates) if window_rates else float("nan")
+
+
+def bare_loop(cfg: Config, args: argparse.Namespace) -> dict:
+    """The step with nothing around it: no engine, no process group, no logger."""
+    from eigenmap.data import BatchAugment
+    from eigenmap.models import build_model
+    from eigenmap.train.engine import precision_of
+    from eigenmap.train.optim import build_optimizer
+    from eigenmap.train.synthetic import SyntheticTwoViewLoader
+
+    device = torch.device(args.device)
+    precision = precision_of(cfg, device)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    forward = torch.compile(model) if cfg.dist.compile else model
+    augment = BatchAugment(cfg.data, seed=0, device=device)
+    loader = SyntheticTwoViewLoader(cfg.data, num_classes=cfg.model.num_classes, rank=0, world_size=1, seed=0,
+                                    device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    rates, flops = [], None
+    batch = cfg.data.batch_size_per_worker
+    it = iter(loader)
+    t0 = None
+    for step in range(args.warmup + args.steps):
+        v1, v2, labels = next(it)
+        x1, x2 = augment(v1, v2)
+        x = torch.cat([x1, x2]).contiguous(memory_format=torch.channels_last)
+        with autocast():
+            out = forward(x, labels)
+        (scaler.scale(out["total"]) if scaler else out["total"]).backward()
+        scaler.step(optimizer) if scaler else optimizer.step()
+        if scaler:
+            scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if step + 1 == args.warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        elif step + 1 > args.warmup and (step + 1 - args.warmup) % args.window == 0:
+            out["total"].item()  # a log step's host sync, as in the worker
+            t1 = time.perf_counter()
+            rates.append(args.window * batch / (t1 - t0))
+            t0 = time.perf_counter()
+    if device.type == "cuda":
+        flops = count_step_flops(model, augment, loader, autocast)
+    return {"images_per_sec": _median_rate(rates), "window_rates": rates, "flops_per_step": flops,
+            "precision": precision}
+
+
+def count_step_flops(model, augment, loader, autocast) -> float:
+    """Model FLOPs of one training step (forward + backward), counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    v1, v2, labels = next(iter(loader))
+    x = torch.cat(augment(v1, v2)).contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter:
+        with autocast():
+            out = model(x, labels)
+        out["total"].backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, iters: int = 20) -> float:
+    """Measured dense matmul FLOP/s of an n x n x n product in ``dtype`` (the achievable ceiling)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * iters / (time.perf_counter() - t0)
+
+
+def worker_loop(cfg: Config, args: argparse.Namespace) -> dict:
+    """The real worker loop as one plain process (DeepSpeed engine, world of size 1)."""
+    try:
+        from eigenmap.train.engine import import_deepspeed
+
+        import_deepspeed(args.device)
+    except RuntimeError as e:
+        return {"skipped": f"deepspeed is missing: {e}"}
+    from eigenmap.train.worker import train
+
+    try:
+        summary = train(cfg)
+    except Exception as e:  # report it with the bare figures rather than lose them
+        import traceback
+
+        traceback.print_exc()
+        return {"error": f"{type(e).__name__}: {e}"}
+    return {"images_per_sec": _median_rate(_window_rates(cfg, args)), "window_rates": _window_rates(cfg, args),
+            "status": summary["status"]}
+
+
+def _window_rates(cfg: Config, args: argparse.Namespace) -> list[float]:
+    """Per-window total images/s from the run's metrics.jsonl, warm-up windows dropped."""
+    path = Path(cfg.train.run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [r["images_per_sec"] for r in rows if r["step"] > args.warmup]
+
+
+def ray_loop(cfg: Config, args: argparse.Namespace, workers: int, threads: int) -> dict:
+    """``eigenmap train`` through Ray with ``workers`` x ``threads``, same global batch."""
+    from launch.ray_runner import run_on_ray
+
+    values = to_dict(cfg)
+    values["dist"].update(num_workers=workers, cpus_per_worker=threads)
+    values["data"]["batch_size_per_worker"] = cfg.data.batch_size_per_worker * cfg.dist.num_workers // workers
+    values["train"]["run_dir"] = f"{cfg.train.run_dir}-ray{workers}x{threads}"
+    values["optim"]["lr"] = None
+    values["derived"]["global_batch_size"] = None
+    cfg_w = resolve(from_dict(values))
+    t0 = time.perf_counter()
+    summary = run_on_ray(cfg_w)
+    rates = _window_rates(cfg_w, args)
+    return {"images_per_sec": _median_rate(rates), "window_rates": rates, "status": summary["status"],
+            "workers": workers, "threads_per_worker": threads, "wall_seconds": time.perf_counter() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--small-stem", action="store_true", help="3x3 stride-1 stem (16x the FLOPs at 64 px)")
+    p.add_argument("--batch", type=int, default=None, help="images per step (default 64 CPU, 256 CUDA)")
+    p.add_argument("--projector-dim", type=int, default=None, help="d = k (default 512 CPU, 8192 CUDA)")
+    p.add_argument("--warmup", type=int, default=None, help="steps before timing (default 5 CPU, 20 CUDA)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 CPU, 60 CUDA)")
+    p.add_argument("--window", type=int, default=5, help="steps per timing window")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the 1-worker runs (default: all cores)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--synthetic", action="store_true", help="accepted for clarity: data is always synthetic")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray runs (they need the ray package)")
+    p.add_argument("--json", default=None, help="write the figures here")
+    args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda but torch sees no CUDA device")
+    args.batch = args.batch or (256 if cuda else 64)
+    args.projector_dim = args.projector_dim or (8192 if cuda else 512)
+    args.warmup = args.warmup if args.warmup is not None else (20 if cuda else 5)
+    args.steps = args.steps if args.steps is not None else (60 if cuda else 20)
+    args.threads = args.threads or (os.cpu_count() or 1)
+    if args.steps % args.window or args.warmup % args.window:
+        p.error("--steps and --warmup must be multiples of --window")
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        torch.set_num_threads(args.threads)
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    results: dict = {"device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
+                     "torch": torch.__version__, "args": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="bench_step-") as tmp:
+        cfg = bench_config(args, Path(tmp) / "run")
+        results["bare"] = bare_loop(cfg, args)
+        print(f"bare loop: {results['bare']['images_per_sec']:.1f} images/s", flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+        results["deepspeed"] = worker_loop(cfg, args)
+        if "skipped" in results["deepspeed"] or "error" in results["deepspeed"]:
+            why = results["deepspeed"].get("skipped") or results["deepspeed"]["error"]
+            print(f"deepspeed worker loop: NOT MEASURED ({why})", flush=True)
+        else:
+            print(f"deepspeed worker loop (plain process): {results['deepspeed']['images_per_sec']:.1f} images/s",
+                  flush=True)
+        if not cuda and not args.no_ray:
+            results["ray_1x%d" % args.threads] = ray_loop(cfg, args, 1, args.threads)
+            if args.threads >= 2 and args.batch % 2 == 0:
+                results["ray_2x1"] = ray_loop(cfg, args, 2, 1)
+            # the bare loop again: on a shared machine the load drifts during the Ray runs, and
+            # the ratio's reference is the mean of the bare rate before and after them
+            results["bare_after"] = bare_loop(cfg, args)
+            print(f"bare loop again: {results['bare_after']['images_per_sec']:.1f} images/s", flush=True)
+    bare = results["bare"]["images_per_sec"]
+    if "bare_after" in results:
+        bare = (bare + results["bare_after"]["images_per_sec"]) / 2
+        results["bare_reference_images_per_sec"] = bare
+    ratios = {}
+    if "images_per_sec" in results["deepspeed"]:
+        ratios["deepspeed_over_bare"] = results["deepspeed"]["images_per_sec"] / bare
+    key = "ray_1x%d" % args.threads
+    if key in results:
+        ratios["ray_deepspeed_over_bare"] = results[key]["images_per_sec"] / bare
+        if "ray_2x1" in results:
+            ratios["ray_2x1_over_1x%d" % args.threads] = results["ray_2x1"]["images_per_sec"] / results[key]["images_per_sec"]
+    if cuda:
+        flops = results["bare"]["flops_per_step"]
+        peak = matmul_peak(torch.device("cuda"), torch.bfloat16, 8192)
+        achieved = flops * bare / args.batch
+        results["gpu"] = {"image_pairs_per_sec_per_gpu": bare, "model_flops_per_step": flops,
+                          "achieved_tflops": achieved / 1e12, "bf16_matmul_tflops": peak / 1e12,
+                          "fraction_of_matmul_peak": achieved / peak}
+        if "images_per_sec" in results["deepspeed"]:
+            ds = results["deepspeed"]["images_per_sec"]
+            results["gpu"].update(deepspeed_image_pairs_per_sec_per_gpu=ds,
+                                  deepspeed_fraction_of_matmul_peak=flops * ds / args.batch / peak)
+    results["ratios"] = ratios
+    for name, r in results.items():
+        if isinstance(r, dict) and "images_per_sec" in r and name != "bare":
+            print(f"{name}: {r['images_per_sec']:.1f} images/s", flush=True)
+    for name, value in ratios.items():
+        print(f"{name}: {value:.3f}")
+    if cuda:
+        g = results["gpu"]
+        print(f"GPU: {g['image_pairs_per_sec_per_gpu']:.0f} image pairs/s, {g['achieved_tflops']:.1f} TFLOP/s = "
+              f"{g['fraction_of_matmul_peak']:.2%} of the measured bf16 matmul rate ({g['bf16_matmul_tflops']:.0f} TFLOP/s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
