@@ -19,12 +19,15 @@ table): measured here, the peak stayed 90-130 MiB above the process's baseline f
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from multiprocessing import Process, Queue, Value
+from multiprocessing import Process, Queue, Value, shared_memory
 from pathlib import Path
 from typing import Optional, Union
 
@@ -44,6 +47,28 @@ _CHECK_CHUNK = 64
 
 class WriterError(ValueError):
     """Bad arguments, an existing output, or a source with no valid image."""
+
+
+@contextlib.contextmanager
+def _ctrl_c_held():
+    """Hold Ctrl-C while worker processes are forked, then act on it.
+
+    Python drops a KeyboardInterrupt that is raised inside a fork handler (the logging module
+    registers one), so a Ctrl-C landing on a fork would be lost and the write would carry on.
+    Here SIGINT is only recorded while forking and raised afterwards. The forked workers keep
+    the recording handler: on Ctrl-C in a terminal they leave the clean-up to this process.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be changed from the main thread
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(*caught[0])  # the default handler raises KeyboardInterrupt
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,7 +114,9 @@ def _check_all(source, workers: int, max_resolution: Optional[int]):
     chunks = [(s, min(s + _CHECK_CHUNK, n)) for s in range(0, n, _CHECK_CHUNK)]
     started = time.perf_counter()
     last_log = started
-    with multiprocessing.Pool(workers, initializer=_check_init, initargs=(source,)) as pool:
+    with _ctrl_c_held():
+        pool = multiprocessing.Pool(workers, initializer=_check_init, initargs=(source,))
+    with pool:
         for (start, _), results in zip(chunks, pool.imap(_check_chunk, chunks)):
             for offset, (reason, w, h) in enumerate(results):
                 i = start + offset
@@ -174,17 +201,14 @@ def _make_writer(path: str, fields: dict, page_size: int, workers: int):
 
         def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
             self.num_samples = num_samples
-            self.prepare()
+            self.metadata_sm = None
             workqueue: Queue = Queue()
             allocations_queue: Queue = Queue()
-            done_number = Value(ctypes.c_uint64, 0)
-            allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-            worker_args = (workqueue, self.metadata_sm, self.metadata_type, self.fields,
-                           allocator, done_number, allocations_queue, *extra_worker_args)
-            processes = [Process(target=work_fn, args=worker_args) for _ in range(self.num_workers)]
+            processes: list[Process] = []
             todo = iter(queue_content)
-            submitted, stopped = 0, False
+            submitted, stopped, finished = 0, False, False
             in_flight = 4 * self.num_workers * _CHUNK  # enough queued work to keep every worker busy
+            done_number = Value(ctypes.c_uint64, 0)
 
             def top_up() -> None:
                 nonlocal submitted, stopped
@@ -199,11 +223,16 @@ def _make_writer(path: str, fields: dict, page_size: int, workers: int):
                         workqueue.put(None)
                     stopped = True
 
-            finished = False
             try:
+                self.prepare()  # header, field descriptors, and the shared metadata block
+                allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+                worker_args = (workqueue, self.metadata_sm, self.metadata_type, self.fields,
+                               allocator, done_number, allocations_queue, *extra_worker_args)
+                processes = [Process(target=work_fn, args=worker_args) for _ in range(self.num_workers)]
                 top_up()
-                for p in processes:
-                    p.start()
+                with _ctrl_c_held():
+                    for p in processes:
+                        p.start()
                 last_log = time.perf_counter()
                 while done_number.value != self.num_samples:
                     dead = [p for p in processes if p.exitcode not in (None, 0)]
@@ -233,8 +262,9 @@ def _make_writer(path: str, fields: dict, page_size: int, workers: int):
                     if p.is_alive():
                         p.terminate()
                         p.join()
-                self.metadata_sm.close()
-                self.metadata_sm.unlink()
+                if isinstance(self.metadata_sm, shared_memory.SharedMemory):
+                    self.metadata_sm.close()
+                    self.metadata_sm.unlink()
 
     return _SafeDatasetWriter(path, fields, page_size=page_size, num_workers=workers)
 

@@ -163,23 +163,34 @@ def test_cli_writes_the_file_and_its_figures(imagenette_subset, tmp_path, capsys
     assert "wrote" in capsys.readouterr().out
 
 
+def _deliver_sigint() -> None:
+    """In the child before exec: SIGINT handled by default and not blocked.
+
+    A child inherits its parent's ignored signals and signal mask, and a test process (a
+    runner started in the background, libraries' threads) may have SIGINT ignored or blocked.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason=f"Debian's dataset-fashion-mnist is not installed ({FASHION_MNIST})")
 def test_interrupted_write_leaves_no_output(tmp_path):
     out = tmp_path / "fm.beton"
     cmd = [sys.executable, "-m", "launch.cli", "prepare", str(FASHION_MNIST), str(out), "--workers", "1"]
-    # a runner started in the background may ignore SIGINT, and children inherit that: undo it
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=_deliver_sigint)
     deadline = time.monotonic() + 60
     while not any(p.name.startswith(".fm.beton.partial") for p in tmp_path.iterdir()):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)  # the write of 60,000 images has just begun
+    # one Ctrl-C, just as the write of 60,000 images begins (often while the workers are being
+    # forked: the writer must not lose it there)
+    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0, "the write finished before the interrupt arrived"
+    assert proc.returncode != 0, "the write went on to the end despite Ctrl-C"
     assert not out.exists() and not Path(str(out) + ".json").exists()
     assert list(tmp_path.iterdir()) == [], [p.name for p in tmp_path.iterdir()]
     assert b"interrupted" in err
