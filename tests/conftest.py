@@ -43,3 +43,28 @@ def imagenette_dir(shared_dir: Path) -> Path:
     if not (path / "train").is_dir():
         pytest.skip(f"Imagenette data not found at {path} (set EIGENMAP_SHARED_DATA to the data folder)")
     return path
+
+
+def make_small_beton(imagenette_dir: Path, base: Path, per_class: int = 16, max_resolution: int = 40) -> Path:
+    """10 Imagenette classes x ``per_class`` images at most ``max_resolution`` px, written once
+    per session under ``base`` (the session's pytest temp root), whichever test asks first."""
+    out = base / "issue4-data" / "train.beton"
+    if out.is_file() and Path(str(out) + ".json").is_file():
+        return out
+    subset = out.parent / "subset"
+    for cls in sorted((imagenette_dir / "train").iterdir()):
+        (subset / cls.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            link = subset / cls.name / f.name
+            if not link.exists():
+                link.symlink_to(f)
+    from eigenmap.data import write_beton
+
+    write_beton(subset, out, max_resolution=max_resolution, workers=2, overwrite=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_beton(imagenette_dir: Path, tmp_path_factory) -> Path:
+    """A small real FFCV file (training and launcher tests share it)."""
+    return make_small_beton(imagenette_dir, tmp_path_factory.getbasetemp())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launch_helpers import LAUNCH_CONFIG, make_small_beton, two_node_cluster
+from launch_helpers import LAUNCH_CONFIG, two_node_cluster
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -27,11 +27,6 @@ def ray_auth_token(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-@pytest.fixture(scope="session")
-def small_beton(imagenette_dir: Path, tmp_path_factory) -> Path:
-    return make_small_beton(imagenette_dir, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Helpers of the launcher tests: a small FFCV file, a simulated two-node Ray cluster, the CLI.
+"""Helpers of the launcher tests: a simulated two-node Ray cluster and the CLI.
 
 Ray is bound to 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: Ray advertises and listens
 on loopback only), uses its own temp dir and free ports, and every process a fixture starts is
@@ -20,24 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-
-def make_small_beton(imagenette_dir: Path, base: Path, per_class: int = 16, max_resolution: int = 40) -> Path:
-    """10 classes x ``per_class`` Imagenette images, written once per session (shared with tests/train)."""
-    out = base / "issue4-data" / "train.beton"
-    if out.is_file() and Path(str(out) + ".json").is_file():
-        return out
-    subset = out.parent / "subset"
-    for cls in sorted((imagenette_dir / "train").iterdir()):
-        (subset / cls.name).mkdir(parents=True, exist_ok=True)
-        for f in sorted(cls.iterdir())[:per_class]:
-            link = subset / cls.name / f.name
-            if not link.exists():
-                link.symlink_to(f)
-    from eigenmap.data import write_beton
-
-    write_beton(subset, out, max_resolution=max_resolution, workers=2, overwrite=True)
-    return out
 
 
 LAUNCH_CONFIG = """\

@@ -1,4 +1,4 @@
-"""Fixtures of the training tests: one small FFCV file per session, and a tiny config."""
+"""Fixtures of the training tests: a tiny config (the small FFCV file is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,30 +8,6 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-
-def make_small_beton(imagenette_dir: Path, base: Path, per_class: int = 16, max_resolution: int = 40) -> Path:
-    """10 Imagenette classes x ``per_class`` images at most ``max_resolution`` px, written once
-    per session under ``base`` (the session's pytest temp root), whichever test asks first."""
-    out = base / "issue4-data" / "train.beton"
-    if out.is_file() and Path(str(out) + ".json").is_file():
-        return out
-    subset = out.parent / "subset"
-    for cls in sorted((imagenette_dir / "train").iterdir()):
-        (subset / cls.name).mkdir(parents=True, exist_ok=True)
-        for f in sorted(cls.iterdir())[:per_class]:
-            link = subset / cls.name / f.name
-            if not link.exists():
-                link.symlink_to(f)
-    from eigenmap.data import write_beton
-
-    write_beton(subset, out, max_resolution=max_resolution, workers=2, overwrite=True)
-    return out
-
-
-@pytest.fixture(scope="session")
-def small_beton(imagenette_dir: Path, tmp_path_factory) -> Path:
-    return make_small_beton(imagenette_dir, tmp_path_factory.getbasetemp())
 
 
 TINY_CONFIG = """\
