@@ -1,0 +1,1 @@
+"""The eigenmap command line and Ray orchestration (the top layer)."""
