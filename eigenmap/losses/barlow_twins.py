@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from eigenmap.losses.common import LossTerms, gather_pair, no_reg
+from eigenmap.losses.common import PairLoss
 
 __all__ = ["barlow_twins_loss", "BarlowTwinsLoss"]
 
@@ -29,13 +28,10 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, *, lambda_offdiag: flo
     return on_diag + lambda_offdiag * off_diag
 
 
-class BarlowTwinsLoss(nn.Module):
+class BarlowTwinsLoss(PairLoss):
     def __init__(self, *, lambda_offdiag: float = 0.0051, gather_distributed: bool = False):
-        super().__init__()
-        self.lambda_offdiag, self.gather_distributed = lambda_offdiag, gather_distributed
+        super().__init__(gather_distributed=gather_distributed)
+        self.lambda_offdiag = lambda_offdiag
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossTerms:
-        if self.gather_distributed:
-            z1, z2 = gather_pair(z1, z2)
-        loss = barlow_twins_loss(z1, z2, lambda_offdiag=self.lambda_offdiag)
-        return LossTerms(total=loss, loss=loss, reg=no_reg(loss))
+    def objective(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return barlow_twins_loss(z1, z2, lambda_offdiag=self.lambda_offdiag)

@@ -1,10 +1,11 @@
-"""What every loss module shares: its return type and the paired gather."""
+"""What every loss module shares: its return type, the paired gather, the baseline base class."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
+import torch.nn as nn
 
 from eigenmap import dist
 
@@ -24,5 +25,22 @@ def gather_pair(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch
     return both[:, 0], both[:, 1]
 
 
-def no_reg(like: torch.Tensor) -> torch.Tensor:
-    return like.new_zeros(())
+class PairLoss(nn.Module):
+    """A loss without a regulariser on two views: subclasses define ``objective(z1, z2)``.
+
+    ``forward(z1, z2)`` takes this worker's [B, D] x 2, gathers them from all workers first
+    when ``gather_distributed``, and returns :class:`LossTerms` with ``reg`` zero.
+    """
+
+    def __init__(self, *, gather_distributed: bool = False):
+        super().__init__()
+        self.gather_distributed = gather_distributed
+
+    def objective(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossTerms:
+        if self.gather_distributed:
+            z1, z2 = gather_pair(z1, z2)
+        loss = self.objective(z1, z2)
+        return LossTerms(total=loss, loss=loss, reg=loss.new_zeros(()))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from eigenmap.losses.common import LossTerms, gather_pair, no_reg
+from eigenmap.losses.common import PairLoss
 
 __all__ = ["nt_xent_loss", "NTXentLoss"]
 
@@ -29,13 +28,10 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.1
     return F.cross_entropy(logits, target)
 
 
-class NTXentLoss(nn.Module):
+class NTXentLoss(PairLoss):
     def __init__(self, *, temperature: float = 0.1, gather_distributed: bool = False):
-        super().__init__()
-        self.temperature, self.gather_distributed = temperature, gather_distributed
+        super().__init__(gather_distributed=gather_distributed)
+        self.temperature = temperature
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossTerms:
-        if self.gather_distributed:
-            z1, z2 = gather_pair(z1, z2)
-        loss = nt_xent_loss(z1, z2, temperature=self.temperature)
-        return LossTerms(total=loss, loss=loss, reg=no_reg(loss))
+    def objective(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return nt_xent_loss(z1, z2, temperature=self.temperature)

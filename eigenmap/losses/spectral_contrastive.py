@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from eigenmap.losses.common import LossTerms, gather_pair, no_reg
+from eigenmap.losses.common import PairLoss
 
 __all__ = ["spectral_contrastive_loss", "SpectralContrastiveLoss"]
 
@@ -26,13 +25,6 @@ def spectral_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tenso
     return positive + sim.pow(2)[off].mean()
 
 
-class SpectralContrastiveLoss(nn.Module):
-    def __init__(self, *, gather_distributed: bool = False):
-        super().__init__()
-        self.gather_distributed = gather_distributed
-
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossTerms:
-        if self.gather_distributed:
-            z1, z2 = gather_pair(z1, z2)
-        loss = spectral_contrastive_loss(z1, z2)
-        return LossTerms(total=loss, loss=loss, reg=no_reg(loss))
+class SpectralContrastiveLoss(PairLoss):
+    def objective(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return spectral_contrastive_loss(z1, z2)
