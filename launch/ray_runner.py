@@ -95,6 +95,11 @@ def _init_ray(cfg: Config) -> bool:
         # the training workers run at the driver's priority, not Ray's default nice 15 for
         # workers (on a shared machine a niced trainer loses its cores to any other job)
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # every Ray process records metrics for a dashboard that is off here (CPU taken from the
+        # workers for nothing); a single machine is never drained by a cloud provider, so no
+        # preemption-watcher actor polling every 5 s either
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # keep the workers' own output format
     os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")  # Ray's Prometheus metrics: TensorBoard has ours
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report to the network

@@ -114,6 +114,10 @@ def build_engine(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer
     engine, ds_optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(cfg, precision, world),
         dist_init_required=False)
+    if world == 1 and cfg.dist.zero_stage == 0:
+        # nothing to reduce, yet DeepSpeed would still flatten, all-reduce and copy back every
+        # gradient after each backward: about 4% of a CPU step (tools/bench_step.py)
+        engine.enable_backward_allreduce = False
     if cfg.model.channels_last and cfg.dist.zero_stage == 0:
         engine.module.to(memory_format=torch.channels_last)  # NHWC weights: no per-step layout conversion
     # ZeRO 1-2 view each gradient as a slice of a flat buffer and fail on channels_last grads:
