@@ -8,12 +8,15 @@ augmentations included) go through:
   ray        ``eigenmap train`` (Ray TorchTrainer) with 1 worker x T threads        [--device cpu]
   ray_2x1    the same with 2 workers x 1 thread (same global batch)                 [--device cpu]
 
-Rates are source images per second (each image gives two views: "image pairs/s") over
-windows of ``--window`` steps after ``--warmup`` steps; the worker's windows exclude its
-logging and checkpoints, as the bare loop's do. Each run reports the median window and the
-best window; on a shared machine the best window (as timeit's minimum) is the one least
-disturbed by other jobs, and the bare loop runs again after the Ray runs so that drift shows. On CUDA it also counts the model
-FLOPs of one step (FlopCounterMode) and measures a large dense bf16 matmul in the same run:
+Rates are source images per second (each image gives two views: "image pairs/s"): the
+median over windows of ``--window`` steps after ``--warmup`` steps; the worker's windows
+exclude its logging and checkpoints, as the bare loop's do. On CPU the runs are interleaved
+in ``--rounds`` rounds (bare, deepspeed, ray, ray_2x1, bare, ...): each round's ratio divides
+by the mean of the bare runs on either side of it, and the reported ratio is the median over
+rounds, so that the drift of a shared machine cancels. During each Ray run it also samples
+the CPU use of every process (``cpu_cores_while_training``: the training workers against
+everything else: Ray's own processes, the driver, other jobs). On CUDA it also counts the model FLOPs
+of one step (FlopCounterMode) and measures a large dense bf16 matmul in the same run:
 ``fraction_of_matmul_peak`` = achieved FLOP/s / matmul FLOP/s.
 
 CPU (this project's machines)::
@@ -193,10 +196,135 @@ def ray_loop(cfg: Config, args: argparse.Namespace, workers: int, threads: int) 
     values["derived"]["global_batch_size"] = None
     cfg_w = resolve(from_dict(values))
     t0 = time.perf_counter()
-    summary = run_on_ray(cfg_w)
+    with CpuSampler() as sampler:
+        summary = run_on_ray(cfg_w)
     rates = _window_rates(cfg_w, args)
     return {"images_per_sec": _median_rate(rates), "best_images_per_sec": max(rates, default=float("nan")),
-            "window_rates": rates, "status": summary["status"], "workers": workers, "threads_per_worker": threads, "wall_seconds": time.perf_counter() - t0}
+            "window_rates": rates, "status": summary["status"], "workers": workers, "threads_per_worker": threads,
+            "wall_seconds": time.perf_counter() - t0, "cpu_cores_while_training": sampler.cores()}
+
+
+class CpuSampler:
+    """CPU use of every process on the machine while a Ray run trains, as cores.
+
+    Snapshots every ``interval_s``; :meth:`cores` sums the training workers
+    ("ray::RayTrainWorker") and everything else (Ray's own processes, this driver, other jobs)
+    separately.
+    """
+
+    def __init__(self, interval_s: float = 5.0):
+        import threading
+
+        self.interval_s, self.snapshots = interval_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self.interval_s):
+            snap = {}
+            for p in psutil.process_iter():
+                with contextlib.suppress(psutil.Error):
+                    snap[p.pid] = (" ".join(p.cmdline()) or p.name(), sum(p.cpu_times()[:2]))
+            self.snapshots.append((time.perf_counter(), snap))
+
+    def __enter__(self) -> "CpuSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def cores(self) -> dict:
+        """Mean cores per process group over the intervals of steady training (start-up, the
+        final checkpoint and the tear-down left out: the workers' use below 80% of its peak)."""
+        trained = [s for s in self.snapshots if any("RayTrainWorker" in t for t, _ in s[1].values())]
+        intervals = []
+        for (t0, a), (t1, b) in zip(trained, trained[1:]):
+            use = {pid: (title, cpu - a[pid][1]) for pid, (title, cpu) in b.items() if pid in a}
+            busy = sum(c for title, c in use.values() if "RayTrainWorker" in title)
+            intervals.append((t1 - t0, busy, use))
+        if not intervals:
+            return {}
+        peak = max(busy / dt for dt, busy, _ in intervals)
+        steady = [(dt, use) for dt, busy, use in intervals if busy / dt >= 0.8 * peak]
+        seconds = sum(dt for dt, _ in steady)
+        per_process: dict[int, list] = {}
+        for _, use in steady:
+            for pid, (title, c) in use.items():
+                per_process.setdefault(pid, [title, 0.0])[1] += c / seconds
+        workers = sum(c for title, c in per_process.values() if "RayTrainWorker" in title)
+        others = sorted(((c, title[:60]) for title, c in per_process.values() if "RayTrainWorker" not in title),
+                        reverse=True)
+        return {"seconds": seconds, "training_workers": workers, "everything_else": sum(c for c, _ in others),
+                "top_others": [{"cores": c, "process": title} for c, title in others[:8]]}
+
+
+def measure_rounds(args: argparse.Namespace, tmp: Path) -> dict:
+    """The runs, interleaved: bare, then each other kind, then bare again, ``--rounds`` times.
+
+    Each round's ratios divide by the mean of the bare runs just before and just after it, so a
+    machine whose speed drifts (a shared host) moves numerator and denominator together.
+    """
+    cuda = args.device == "cuda"
+    with_ray = not cuda and not args.no_ray
+    runs: dict[str, list[dict]] = {"bare": []}
+
+    def record(kind: str, result: dict) -> None:
+        runs.setdefault(kind, []).append(result)
+        rate = result.get("images_per_sec")
+        why = result.get("skipped") or result.get("error")
+        print(f"{kind} run {len(runs[kind])}: " +
+              (f"{rate:.1f} images/s" if rate is not None else f"NOT MEASURED ({why})"), flush=True)
+
+    record("bare", bare_loop(bench_config(args, tmp / "bare0"), args))
+    for r in range(args.rounds):
+        cfg = bench_config(args, tmp / f"round{r}")
+        if cuda:
+            torch.cuda.empty_cache()
+        record("deepspeed", worker_loop(cfg, args))
+        if with_ray:
+            record(f"ray_1x{args.threads}", ray_loop(cfg, args, 1, args.threads))
+            if args.threads >= 2 and args.batch % 2 == 0:
+                record("ray_2x1", ray_loop(cfg, args, 2, 1))
+        if not cuda:  # the bare loop after each round: the reference drifts with the machine
+            record("bare", bare_loop(bench_config(args, tmp / f"bare{r + 1}"), args))
+    return runs
+
+
+def round_ratios(runs: dict[str, list[dict]], threads: int) -> dict[str, list[float]]:
+    """Per-round throughput ratios (median-window rates), against that round's bare reference."""
+    bare = [r["images_per_sec"] for r in runs["bare"]]
+    rounds = max((len(v) for k, v in runs.items() if k != "bare"), default=0)
+    ratios: dict[str, list[float]] = {}
+    for i in range(rounds):
+        reference = (bare[i] + bare[i + 1]) / 2 if i + 1 < len(bare) else bare[i]
+        rate = {k: v[i].get("images_per_sec") for k, v in runs.items() if k != "bare" and i < len(v)}
+        pairs = {"deepspeed_over_bare": (rate.get("deepspeed"), reference),
+                 "ray_deepspeed_over_bare": (rate.get(f"ray_1x{threads}"), reference),
+                 f"ray_2x1_over_1x{threads}": (rate.get("ray_2x1"), rate.get(f"ray_1x{threads}"))}
+        for name, (num, den) in pairs.items():
+            if num is not None and den:
+                ratios.setdefault(name, []).append(num / den)
+    return ratios
+
+
+def gpu_figures(args: argparse.Namespace, runs: dict[str, list[dict]]) -> dict:
+    """Pairs/s per GPU and the step's fraction of the dense bf16 matmul rate measured now."""
+    bare = runs["bare"][0]
+    flops = bare["flops_per_step"]
+    peak = matmul_peak(torch.device("cuda"), torch.bfloat16, 8192)
+    rate = bare["images_per_sec"]
+    figures = {"image_pairs_per_sec_per_gpu": rate, "model_flops_per_step": flops,
+               "achieved_tflops": flops * rate / args.batch / 1e12, "bf16_matmul_tflops": peak / 1e12,
+               "fraction_of_matmul_peak": flops * rate / args.batch / peak}
+    ds = runs.get("deepspeed", [{}])[0].get("images_per_sec")
+    if ds is not None:
+        figures.update(deepspeed_image_pairs_per_sec_per_gpu=ds,
+                       deepspeed_fraction_of_matmul_peak=flops * ds / args.batch / peak)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,9 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small-stem", action="store_true", help="3x3 stride-1 stem (16x the FLOPs at 64 px)")
     p.add_argument("--batch", type=int, default=None, help="images per step (default 64 CPU, 256 CUDA)")
     p.add_argument("--projector-dim", type=int, default=None, help="d = k (default 512 CPU, 8192 CUDA)")
-    p.add_argument("--warmup", type=int, default=None, help="steps before timing (default 5 CPU, 20 CUDA)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 CPU, 60 CUDA)")
-    p.add_argument("--window", type=int, default=5, help="steps per timing window")
+    p.add_argument("--warmup", type=int, default=None, help="steps before timing (default 6 CPU, 20 CUDA)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per run (default 24 CPU, 60 CUDA)")
+    p.add_argument("--window", type=int, default=3, help="steps per timing window")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds; ratios are the median over rounds (default 3 CPU, 1 CUDA)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the 1-worker runs (default: all cores)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
@@ -222,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--device cuda but torch sees no CUDA device")
     args.batch = args.batch or (256 if cuda else 64)
     args.projector_dim = args.projector_dim or (8192 if cuda else 512)
-    args.warmup = args.warmup if args.warmup is not None else (20 if cuda else 5)
-    args.steps = args.steps if args.steps is not None else (60 if cuda else 20)
+    args.warmup = args.warmup if args.warmup is not None else (20 if cuda else 6)
+    args.steps = args.steps if args.steps is not None else (60 if cuda else 24)
+    args.rounds = args.rounds or (1 if cuda else 3)
     args.threads = args.threads or (os.cpu_count() or 1)
     if args.steps % args.window or args.warmup % args.window:
         p.error("--steps and --warmup must be multiples of --window")
@@ -237,62 +368,23 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
                      "torch": torch.__version__, "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="bench_step-") as tmp:
-        cfg = bench_config(args, Path(tmp) / "run")
-        results["bare"] = bare_loop(cfg, args)
-        print(f"bare loop: {results['bare']['images_per_sec']:.1f} images/s", flush=True)
-        if cuda:
-            torch.cuda.empty_cache()
-        results["deepspeed"] = worker_loop(cfg, args)
-        if "skipped" in results["deepspeed"] or "error" in results["deepspeed"]:
-            why = results["deepspeed"].get("skipped") or results["deepspeed"]["error"]
-            print(f"deepspeed worker loop: NOT MEASURED ({why})", flush=True)
-        else:
-            print(f"deepspeed worker loop (plain process): {results['deepspeed']['images_per_sec']:.1f} images/s",
-                  flush=True)
-        if not cuda and not args.no_ray:
-            results["ray_1x%d" % args.threads] = ray_loop(cfg, args, 1, args.threads)
-            if args.threads >= 2 and args.batch % 2 == 0:
-                results["ray_2x1"] = ray_loop(cfg, args, 2, 1)
-            # the bare loop again: on a shared machine the load drifts during the Ray runs, and
-            # the ratio's reference is the mean of the bare rate before and after them
-            results["bare_after"] = bare_loop(cfg, args)
-            print(f"bare loop again: {results['bare_after']['images_per_sec']:.1f} images/s", flush=True)
-    key = "ray_1x%d" % args.threads
-    ratios = {}
-    # two statistics of the per-window rates: the median, and the best window (like timeit's
-    # minimum: on a shared machine it is the window least disturbed by other jobs)
-    for stat in ("images_per_sec", "best_images_per_sec"):
-        suffix = "" if stat == "images_per_sec" else "_best"
-        bare = results["bare"][stat]
-        if "bare_after" in results:
-            pick = max if suffix else (lambda a, b: (a + b) / 2)
-            bare = pick(bare, results["bare_after"][stat])
-            results["bare_reference_" + stat] = bare
-        if stat in results["deepspeed"]:
-            ratios["deepspeed_over_bare" + suffix] = results["deepspeed"][stat] / bare
-        if key in results:
-            ratios["ray_deepspeed_over_bare" + suffix] = results[key][stat] / bare
-            if "ray_2x1" in results:
-                ratios[f"ray_2x1_over_1x{args.threads}" + suffix] = results["ray_2x1"][stat] / results[key][stat]
-    bare = results.get("bare_reference_images_per_sec", results["bare"]["images_per_sec"])
+        runs = measure_rounds(args, Path(tmp))
+    per_round = round_ratios(runs, args.threads)
+    results.update(runs=runs, ratios_per_round=per_round,
+                   ratios={name: statistics.median(v) for name, v in per_round.items()})
     if cuda:
-        flops = results["bare"]["flops_per_step"]
-        peak = matmul_peak(torch.device("cuda"), torch.bfloat16, 8192)
-        achieved = flops * bare / args.batch
-        results["gpu"] = {"image_pairs_per_sec_per_gpu": bare, "model_flops_per_step": flops,
-                          "achieved_tflops": achieved / 1e12, "bf16_matmul_tflops": peak / 1e12,
-                          "fraction_of_matmul_peak": achieved / peak}
-        if "images_per_sec" in results["deepspeed"]:
-            ds = results["deepspeed"]["images_per_sec"]
-            results["gpu"].update(deepspeed_image_pairs_per_sec_per_gpu=ds,
-                                  deepspeed_fraction_of_matmul_peak=flops * ds / args.batch / peak)
-    results["ratios"] = ratios
-    for name, r in results.items():
-        if isinstance(r, dict) and "images_per_sec" in r:
-            print(f"{name}: median {r['images_per_sec']:.1f} images/s, best window {r['best_images_per_sec']:.1f}",
-                  flush=True)
-    for name, value in ratios.items():
-        print(f"{name}: {value:.3f}")
+        results["gpu"] = gpu_figures(args, runs)
+    for kind, rs in runs.items():
+        rates = ", ".join(f"{r['images_per_sec']:.1f}" for r in rs if "images_per_sec" in r)
+        print(f"{kind}: {rates} images/s (median window of each run)")
+    for kind, rs in runs.items():
+        for i, r in enumerate(rs):
+            c = r.get("cpu_cores_while_training")
+            if c:
+                print(f"{kind} run {i + 1}: CPU while training: workers {c['training_workers']:.3f} cores, "
+                      f"everything else {c['everything_else']:.3f} cores")
+    for name, values in per_round.items():
+        print(f"{name}: {results['ratios'][name]:.3f} median of rounds [{', '.join(f'{v:.3f}' for v in values)}]")
     if cuda:
         g = results["gpu"]
         print(f"GPU: {g['image_pairs_per_sec_per_gpu']:.0f} image pairs/s, {g['achieved_tflops']:.1f} TFLOP/s = "
