@@ -14,9 +14,10 @@ exclude its logging and checkpoints, as the bare loop's do. On CPU the runs are 
 in ``--rounds`` rounds (bare, deepspeed, ray, ray_2x1, bare, ...): each round's ratio divides
 by the mean of the bare runs on either side of it, and the reported ratio is the median over
 rounds, so that the drift of a shared machine cancels. During each Ray run it also samples
-the CPU use of every process (``cpu_cores_while_training``: the training workers against
-everything else: Ray's own processes, the driver, other jobs). On CUDA it also counts the model FLOPs
-of one step (FlopCounterMode) and measures a large dense bf16 matmul in the same run:
+the CPU use of every process (``cpu_cores_while_training``: the training workers, and
+everything else: Ray's own processes, the driver, other jobs). On CUDA it also counts the
+model FLOPs of one step (FlopCounterMode) and measures a large dense bf16 matmul in the same
+run:
 ``fraction_of_matmul_peak`` = achieved FLOP/s / matmul FLOP/s.
 
 CPU (this project's machines)::
@@ -37,6 +38,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -213,8 +215,6 @@ class CpuSampler:
     """
 
     def __init__(self, interval_s: float = 5.0):
-        import threading
-
         self.interval_s, self.snapshots = interval_s, []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
