@@ -76,8 +76,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _median_rate(window_rates: list[float]) -> float:
-    return statistics.median(window_rates) if window_rates else float("nan")
+def _rate_figures(window_rates: list[float]) -> dict:
+    """A run's rate: the median over its timing windows, and the windows themselves."""
+    median = statistics.median(window_rates) if window_rates else float("nan")
+    return {"images_per_sec": median, "window_rates": window_rates}
 
 
 def bare_loop(cfg: Config, args: argparse.Namespace) -> dict:
@@ -125,8 +127,7 @@ def bare_loop(cfg: Config, args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
     if device.type == "cuda":
         flops = count_step_flops(model, augment, loader, autocast)
-    return {"images_per_sec": _median_rate(rates), "best_images_per_sec": max(rates, default=float("nan")),
-            "window_rates": rates, "flops_per_step": flops, "precision": precision}
+    return {**_rate_figures(rates), "flops_per_step": flops, "precision": precision}
 
 
 def count_step_flops(model, augment, loader, autocast) -> float:
@@ -175,8 +176,7 @@ def worker_loop(cfg: Config, args: argparse.Namespace) -> dict:
         traceback.print_exc()
         return {"error": f"{type(e).__name__}: {e}"}
     rates = _window_rates(cfg, args)
-    return {"images_per_sec": _median_rate(rates), "best_images_per_sec": max(rates, default=float("nan")),
-            "window_rates": rates, "status": summary["status"]}
+    return {**_rate_figures(rates), "status": summary["status"]}
 
 
 def _window_rates(cfg: Config, args: argparse.Namespace) -> list[float]:
@@ -201,8 +201,7 @@ def ray_loop(cfg: Config, args: argparse.Namespace, workers: int, threads: int) 
     with CpuSampler() as sampler:
         summary = run_on_ray(cfg_w)
     rates = _window_rates(cfg_w, args)
-    return {"images_per_sec": _median_rate(rates), "best_images_per_sec": max(rates, default=float("nan")),
-            "window_rates": rates, "status": summary["status"], "workers": workers, "threads_per_worker": threads,
+    return {**_rate_figures(rates), "status": summary["status"], "workers": workers, "threads_per_worker": threads,
             "wall_seconds": time.perf_counter() - t0, "cpu_cores_while_training": sampler.cores()}
 
 
