@@ -24,7 +24,9 @@ starts a loader; these loaders put the caller's setting back, so the training lo
 from __future__ import annotations
 
 import logging
+import operator
 import os
+import queue
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, Tuple, Union
@@ -75,6 +77,29 @@ class _KeepTorchThreads:
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+def _stop_epoch(it) -> None:
+    """Stop FFCV's epoch thread and wait for it before its buffers are released.
+
+    FFCV's ``EpochIterator.close`` only sets a flag and frees the epoch's memory; the daemon
+    thread may still be decoding a batch in a numba parallel region. A process that then exits
+    aborts inside numba's TBB pool ("terminate called without an active exception", SIGABRT:
+    2 of 8 runs that left an epoch early), and a freed buffer could still be written. The
+    thread sees the flag when its queue stays full for 0.5 s, so waiting suffices, except after
+    its last batch, where it blocks on ``put(None)`` with no timeout: then the queue is emptied
+    so that put lands.
+    """
+    it.terminate_event.set()
+    while it.is_alive():
+        if operator.length_hint(it.iter_ixes) == 0:  # every batch made: only the end marker is left
+            try:
+                while True:
+                    it.output_queue.get_nowait()
+            except queue.Empty:
+                pass
+        it.join(timeout=0.1)
+    it.close()
 
 
 def _two_view_decoder_class():
@@ -327,7 +352,7 @@ class TwoViewLoader:
                 # by callers (logs, probes), so they get their own memory
                 yield images[:, 0].permute(0, 3, 1, 2), images[:, 1].permute(0, 3, 1, 2), labels.clone()
         finally:
-            it.close()
+            _stop_epoch(it)
             keep.restore()
 
 
@@ -409,7 +434,7 @@ class EvalLoader:
                 x = images.float().sub_(self._mean).div_(self._std)
                 yield x.contiguous(memory_format=torch.channels_last), labels.clone()
         finally:
-            it.close()
+            _stop_epoch(it)
             keep.restore()
 
 

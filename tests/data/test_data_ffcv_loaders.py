@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -123,6 +126,25 @@ def test_loader_leaves_torch_thread_count_alone(index_beton):
     finally:
         torch.set_num_threads(before)
 
+
+
+def _epoch_threads() -> list:
+    return [t for t in threading.enumerate() if type(t).__name__ == "EpochIterator" and t.is_alive()]
+
+
+# FFCV's queue holds 2 batches: leaving after batch 1 finds the thread waiting to put batch 4;
+# leaving after batch 12 of 14 finds it done decoding and blocked on putting its end marker
+@pytest.mark.parametrize("leave_after", [1, COUNT // BATCH - 2])
+def test_leaving_an_epoch_early_stops_ffcv_s_decoding_thread(index_beton, leave_after):
+    """A thread still decoding when the process exits aborts it (SIGABRT in numba's TBB pool)."""
+    loaders = [build_train_loader(_cfg(loader_workers=2), index_beton, rank=0, world_size=1, seed=0),
+               build_eval_loader(_cfg(loader_workers=2), index_beton, batch_size=BATCH)]
+    for loader in loaders:
+        for n, _ in enumerate(loader, start=1):
+            if n == leave_after:
+                time.sleep(0.3)  # the thread fills the queue (32 px images decode in milliseconds)
+                break
+        assert n == leave_after and not _epoch_threads()
 
 def test_missing_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.beton"):
