@@ -231,9 +231,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = train(cfg)
-    if args.json and dist.get_rank() == 0:
-        Path(args.json).write_text(json.dumps(summary, indent=1))
+    try:
+        summary = train(cfg)
+        if args.json and dist.get_rank() == 0:
+            Path(args.json).write_text(json.dumps(summary, indent=1))
+    except ConfigError as e:  # found once the job's processes are known (dist.num_workers)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        # this process made the group (Ray Train tears down its own): NCCL otherwise warns at exit
+        # and its communicators outlive the run
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0 if summary["status"] == "finished" else 3
 
 

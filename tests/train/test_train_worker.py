@@ -80,3 +80,11 @@ def test_a_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_
                       weights_only=False)["module"]
     assert all(torch.isfinite(v).all() for v in last.values() if v.is_floating_point())
     assert not (run_dir / "encoder.pt").exists()
+
+
+def test_a_worker_count_other_than_the_jobs_is_an_error_naming_the_key(tiny_config, tmp_path):
+    proc = run_worker(tiny_config, "data.train_path=synthetic", f"train.run_dir={tmp_path / 'run'}",
+                      "dist.num_workers=3")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: config key 'dist.num_workers' is 3 but this job has 1 processes" in proc.stderr
+    assert "Traceback" not in proc.stderr
