@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from eigenmap.config import Config, from_dict, to_dict
 
-__all__ = ["run_on_ray", "RayCheckpointStore", "train_loop_per_worker", "CHECKPOINTS_DIR_NAME"]
+__all__ = ["run_on_ray", "init_ray", "RayCheckpointStore", "train_loop_per_worker", "CHECKPOINTS_DIR_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def train_loop_per_worker(config: dict) -> None:
     train(cfg, store=RayCheckpointStore(Path(cfg.train.run_dir)))
 
 
-def _init_ray(cfg: Config) -> bool:
+def init_ray(cfg: Config) -> bool:
     """Connect to ``dist.address`` or start an embedded local cluster; True when we started it."""
     address = cfg.dist.address
     embedded = address is None
@@ -129,7 +129,7 @@ def run_on_ray(cfg: Config) -> dict[str, Any]:
     status_path.unlink(missing_ok=True)  # a status left by an earlier run must not pass for this one's
     attempts_before = _count_lines(run_dir / "attempts.jsonl")
     started = time.perf_counter()
-    we_started = _init_ray(cfg)
+    we_started = init_ray(cfg)
     try:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
