@@ -77,6 +77,15 @@ def ray_processes() -> dict:
     return found
 
 
+def signal_all(processes: list, sig: int) -> None:
+    """Send ``sig`` to each process still alive (an idle Ray worker may have exited)."""
+    import psutil
+
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+
+
 def set_policy(processes: list, policy: int) -> None:
     """Every thread of ``processes`` to ``policy``; children forked later get the default."""
     import psutil
@@ -136,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             for cycle in range(args.cycles):
                 for condition in conditions:
                     if condition == "stopped":
-                        for proc in everything:
-                            proc.send_signal(signal.SIGSTOP)
+                        signal_all(everything, signal.SIGSTOP)
                     elif condition == "sched_idle":
                         set_policy(background, os.SCHED_IDLE)
                     time.sleep(0.2)
@@ -145,16 +153,13 @@ def main(argv: list[str] | None = None) -> int:
                         rates[condition].append(steps(args.steps))
                     finally:
                         if condition == "stopped":
-                            for proc in everything:
-                                proc.send_signal(signal.SIGCONT)
+                            signal_all(everything, signal.SIGCONT)
                         elif condition == "sched_idle":
                             set_policy(background, os.SCHED_OTHER)
                 print(f"cycle {cycle + 1}: " + ", ".join(f"{c} {rates[c][-1]:.3f}" for c in conditions) + " steps/s",
                       flush=True)
         finally:
-            for proc in everything:
-                with contextlib.suppress(Exception):
-                    proc.send_signal(signal.SIGCONT)
+            signal_all(everything, signal.SIGCONT)
             (Path(tmp) / "stop").touch()
             job.join(timeout=60)
             import ray
