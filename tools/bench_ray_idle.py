@@ -8,7 +8,7 @@ live), and times a bare PyTorch training loop beside it (ResNet-18, 64 px, batch
 
   stopped     every Ray process frozen with SIGSTOP: this machine as if Ray were not there
   running     Ray as it runs under ``eigenmap train``
-  sched_idle  [--sched-idle] Ray's processes (the sleeping worker's excepted) at SCHED_IDLE,
+  sched_idle  [--sched-idle] Ray's processes except the sleeping worker at SCHED_IDLE,
               so none of their wake-ups preempts the loop's threads
 
 A cycle's ratio is the condition's rate over that cycle's ``stopped`` rate; the median over
@@ -18,7 +18,7 @@ sched_idle / stopped 0.932. So a Ray job that does nothing already costs this lo
 is what ``bench_step.py``'s Ray + DeepSpeed / bare ratio shows, and lowering the priority of
 Ray's processes does not win it back (nor did nice 19, tried earlier).
 
-    .venv/bin/python tools/bench_ray_idle.py --cycles 10 --sched-idle --json F
+    .venv/bin/python tools/bench_ray_idle.py --cycles 12 --sched-idle --json F
 """
 
 from __future__ import annotations

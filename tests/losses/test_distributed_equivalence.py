@@ -11,7 +11,6 @@ every rank.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
