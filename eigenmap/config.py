@@ -2,9 +2,11 @@
 
 The schema is a tree of dataclasses. A YAML file and ``key.sub=value`` overrides are merged
 into it; unknown keys, wrong types and out-of-range values are errors naming the key and what
-would be accepted. Derived values (the scaled learning rate, the global batch size) are
-written into the resolved config by :func:`resolve`, never computed silently elsewhere, and the
-resolved config is what a run saves next to its results.
+would be accepted. Keys that were renamed are errors naming the new key. Derived values (the
+global batch size, the scaled learning rate) are written by :func:`resolve` into the
+``derived`` section, never into the user's own keys and never computed silently elsewhere, so
+resolving twice changes nothing and a changed batch re-derives them; the resolved config is
+what a run saves next to its results.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ class OptimConfig:
         0.3, "learning rate per 256 images of global batch (recipe: 2.4 at 2048 = 0.3)", gt=0.0
     )
     lr: Optional[float] = _f(
-        None, "peak learning rate; null = base_lr * global_batch_size / 256 (set by resolve)", gt=0.0
+        None, "peak learning rate; null = base_lr * global_batch_size / 256 (derived.lr holds the one used)",
+        gt=0.0
     )
     momentum: float = _f(0.9, "SGD/LARS momentum (AdamW beta1)", ge=0.0, lt=1.0)
     weight_decay: float = _f(1e-6, "weight decay; biases and norm parameters are excluded", ge=0.0)
@@ -106,7 +109,9 @@ class OptimConfig:
     warmup_epochs: float = _f(10.0, "linear warm-up length", ge=0.0)
     final_lr_ratio: float = _f(0.001, "cosine schedule ends at this fraction of lr", ge=0.0, le=1.0)
     grad_clip: Optional[float] = _f(None, "gradient norm clipping; null = off", gt=0.0)
-    probe_lr: float = _f(0.1, "lr of the online monitoring classifier (same schedule)", gt=0.0)
+    online_head_lr: float = _f(
+        0.1, "peak lr of the online monitoring classifier (same schedule; not the linear probe's eval.probe_lr)",
+        gt=0.0)
 
 
 @dataclass
@@ -200,6 +205,7 @@ class DerivedConfig:
     """Values computed from the others by :func:`resolve`; recorded, never set by hand."""
 
     global_batch_size: Optional[int] = _f(None, "num_workers * batch_size_per_worker")
+    lr: Optional[float] = _f(None, "the peak lr used: optim.lr, or optim.base_lr * global_batch_size / 256")
 
 
 @dataclass
@@ -293,10 +299,18 @@ def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
             raise ConfigError(f"config key '{key}': {value!r} is out of range; accepted: {accepted}")
 
 
+# keys that were renamed: the old name is an error that names the new one
+RENAMED_KEYS = {"optim.probe_lr": "optim.online_head_lr"}
+
+
 def _build(cls: type, values: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
+    for name in unknown:
+        if prefix + name in RENAMED_KEYS:
+            raise ConfigError(f"config key '{prefix}{name}' was renamed to '{RENAMED_KEYS[prefix + name]}'; "
+                              f"use {RENAMED_KEYS[prefix + name]}")
     if unknown:
         raise ConfigError(
             f"unknown config key '{prefix}{unknown[0]}'; accepted keys"
@@ -400,15 +414,17 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: typing.Seque
 
 
 def resolve(cfg: Config) -> Config:
-    """Fill the derived values (global batch size, scaled lr) and return a new config.
+    """A new config whose ``derived`` section is computed from the others.
 
-    lr = base_lr * global_batch_size / 256 unless ``optim.lr`` was set explicitly.
+    ``derived.global_batch_size = dist.num_workers * data.batch_size_per_worker``;
+    ``derived.lr = optim.lr`` when set, else ``optim.base_lr * global_batch_size / 256``.
+    The user's keys are never written, so ``resolve(resolve(c)) == resolve(c)`` and a config
+    whose batch changed after resolving gets its lr re-derived by the next ``resolve``.
     """
     cfg = from_dict(to_dict(cfg))
     gbs = cfg.dist.num_workers * cfg.data.batch_size_per_worker
-    cfg.derived.global_batch_size = gbs
-    if cfg.optim.lr is None:
-        cfg.optim.lr = cfg.optim.base_lr * gbs / 256
+    cfg.derived = DerivedConfig(global_batch_size=gbs,
+                                lr=cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.base_lr * gbs / 256)
     return cfg
 
 

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(run_dir: Path, summary: dict) -> None:
     """Print what the run measured: loss trajectory and the eigenvalue spectrum."""
-    import torch
+    from eigenmap.run_dir import load_run
 
     logged = [json.loads(line) for line in open(run_dir / "metrics.jsonl")] if (run_dir / "metrics.jsonl").is_file() else []
     print(f"\ndemo run: {run_dir} ({summary.get('step')} steps, {summary.get('wall_seconds', 0):.0f} s)")
@@ -72,10 +72,9 @@ def _report(run_dir: Path, summary: dict) -> None:
         print(f"  {last.get('images_per_sec', float('nan')):.0f} images/s over all workers at the last log step")
     weights = summary.get("weights", {})
     if "model.pt" in weights:
-        state = torch.load(weights["model.pt"], map_location="cpu", weights_only=True)
-        eig = state.get("objective.l2bn.eigenvalues")
-        if eig is not None:
-            top = ", ".join(f"{v:.3f}" for v in eig[:8].tolist())
-            print(f"  eigenvalue estimates, first 8 of {eig.numel()}: {top}")
+        stats = load_run(run_dir).model.statistics()
+        if stats is not None:
+            top = ", ".join(f"{v:.3f}" for v in stats.eigenvalues[:8].tolist())
+            print(f"  eigenvalue estimates, first 8 of {stats.eigenvalues.numel()}: {top}")
     print(f"  TensorBoard: tensorboard --logdir {run_dir}")
     print(f"  encoder weights (torchvision state dict): {weights.get('encoder.pt', '(not exported)')}")

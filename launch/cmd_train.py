@@ -1,8 +1,7 @@
 """``eigenmap train CONFIG.yaml [key=value ...]``: train on a Ray cluster.
 
-The config is loaded, resolved and checked here, before Ray or any worker starts, so a bad
-key, value or data path fails at once with a message naming it. Paths are made absolute
-(the workers do not run in this directory). Exit codes: 0 finished, 2 bad config or
+The config is loaded, resolved and checked here (``load_train_config``), before Ray or any
+worker starts, so a bad key, value or data path fails at once with a message naming it. Exit codes: 0 finished, 2 bad config or
 arguments, 3 stopped on a non-finite loss, 1 the run failed (after Ray's restarts).
 """
 
@@ -14,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from eigenmap.config import ConfigError, load_config, resolve
+from eigenmap.config import ConfigError
+from eigenmap.train.checks import load_train_config
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +40,10 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def load_checked_config(config: str, overrides: list[str], address: str | None = None):
-    """Load, resolve and check a training config; raises :class:`ConfigError` naming the problem."""
-    from eigenmap.train.checks import SYNTHETIC, check_train_config
-
-    overrides = list(overrides) + ([f"dist.address={address}"] if address is not None else [])
-    cfg = resolve(load_config(config, overrides))
-    # absolute paths: Ray workers run in their own working directories
-    cfg.train.run_dir = str(Path(cfg.train.run_dir).expanduser().resolve())
-    if cfg.data.train_path and cfg.data.train_path != SYNTHETIC:
-        cfg.data.train_path = str(Path(cfg.data.train_path).expanduser().resolve())
-    check_train_config(cfg)
-    return cfg
-
-
 def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides) + ([f"dist.address={args.address}"] if args.address is not None else [])
     try:
-        cfg = load_checked_config(args.config, args.overrides, args.address)
+        cfg = load_train_config(args.config, overrides)
     except ConfigError as e:
         print(f"eigenmap train: error: {e}", file=sys.stderr)
         return 2
@@ -64,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     log.info("run directory %s: %d workers x (%d CPU, %g GPU), global batch %d, lr %.4g",
              cfg.train.run_dir, cfg.dist.num_workers, cfg.dist.cpus_per_worker, cfg.dist.gpus_per_worker,
-             cfg.derived.global_batch_size, cfg.optim.lr)
+             cfg.derived.global_batch_size, cfg.derived.lr)
     summary = run_on_ray(cfg)
     summary["run_dir"] = cfg.train.run_dir
     if args.json:

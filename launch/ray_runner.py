@@ -2,6 +2,8 @@
 
 - Cluster: an embedded local one (loopback only, dashboard off) when ``dist.address`` is null,
   else the existing cluster at ``auto`` or ``host:port`` (how a run scales out to many nodes).
+  On the embedded cluster the training process group listens on 127.0.0.1 too
+  (``launch/ray_loopback.py``): nothing of the run is reachable from another machine.
 - Workers: ``dist.num_workers`` processes, each reserving ``dist.cpus_per_worker`` CPUs and
   ``dist.gpus_per_worker`` GPUs; the process group is NCCL on GPUs and gloo on CPUs.
 - Checkpoints go through Ray Train's checkpoint API into ``run_dir/checkpoints/step_XXXXXXXX``
@@ -75,6 +77,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray
     import ray.train
 
+    _quiet_ray_train_logs()
+
     cfg = from_dict(config["cfg"])
     rank = ray.train.get_context().get_world_rank()
     workers = Path(cfg.train.run_dir) / "workers"
@@ -82,6 +86,16 @@ def train_loop_per_worker(config: dict) -> None:
     (workers / f"rank{rank}.ray.json").write_text(json.dumps(  # which Ray node runs each rank
         {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}))
     train(cfg, store=RayCheckpointStore(Path(cfg.train.run_dir)))
+
+
+def _quiet_ray_train_logs() -> None:
+    """Ray Train logs every reported checkpoint from every rank at INFO ("Checkpoint successfully
+    created", "Reporting training result ... metrics={...}"); the run's own progress lines and
+    log say the same once. Warnings stay."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)  # that module names its logger by path
 
 
 def init_ray(cfg: Config) -> bool:
@@ -116,6 +130,26 @@ def init_ray(cfg: Config) -> bool:
     return False
 
 
+def _embedded_trainer_class():
+    """``TorchTrainer`` without Ray Train's placement-group cleaner, for the embedded cluster.
+
+    The cleaner is a detached actor that removes the run's placement group if the controller
+    dies; it polls the controller's state through the State API every second, which needs the
+    dashboard (off here), so it logged "Failed to query Ray Train Controller actor state" once a
+    second for the whole run. On an embedded cluster the placement group dies with the cluster
+    when the run ends, so the cleaner has nothing to do.
+    """
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class EmbeddedTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return EmbeddedTorchTrainer
+
+
 def run_on_ray(cfg: Config) -> dict[str, Any]:
     """Train ``cfg`` (resolved and checked) with a Ray ``TorchTrainer``; returns the summary.
 
@@ -134,14 +168,19 @@ def run_on_ray(cfg: Config) -> dict[str, Any]:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
+        from launch.ray_loopback import LoopbackTorchConfig
+
         gpus = cfg.dist.gpus_per_worker
         resources = {"CPU": cfg.dist.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})}
-        trainer = TorchTrainer(
+        embedded = cfg.dist.address is None
+        # one machine: the process group listens on loopback like the embedded cluster itself
+        torch_config_cls = LoopbackTorchConfig if embedded else TorchConfig
+        trainer = (_embedded_trainer_class() if embedded else TorchTrainer)(
             train_loop_per_worker,
             train_loop_config={"cfg": to_dict(cfg)},
             scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=gpus > 0,
                                          resources_per_worker=resources),
-            torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+            torch_config=torch_config_cls(backend="nccl" if gpus > 0 else "gloo"),
             run_config=RunConfig(
                 name=CHECKPOINTS_DIR_NAME, storage_path=str(run_dir),
                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures),

@@ -1,7 +1,8 @@
 """Fixtures shared by the whole suite.
 
-``shared_dir`` is ``../shared`` beside the checkout (or $EIGENMAP_SHARED); tests that need its
-data or reference figures skip with the reason when it is absent.
+``shared_dir`` is ``../shared`` beside the checkout (or $EIGENMAP_SHARED). A test that needs its
+data or reference figures skips with the reason when they are absent, except under ``CI=true``:
+CI always has the shared folder, so there a missing one fails the test instead of hiding it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import shutil
+
 import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before any test imports deepspeed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def require_shared(path: Path, what: str, how: str) -> None:
+    """Skip (or, under ``CI=true``, fail) the calling test when ``path`` does not exist."""
+    if path.exists():
+        return
+    reason = f"{what} not found at {path} ({how})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI always has the shared folder, so this is a failure, not a skip")
+    pytest.skip(reason)
 
 
 def _shared_dir() -> Path:
@@ -31,8 +44,7 @@ def reference_cases(shared_dir: Path) -> list[dict]:
     import json
 
     path = shared_dir / "reference" / "neuralef_reference_cases.json"
-    if not path.is_file():
-        pytest.skip(f"reference figures not found at {path} (set EIGENMAP_SHARED to the shared folder)")
+    require_shared(path, "reference figures", "set EIGENMAP_SHARED to the shared folder")
     return json.loads(path.read_text())["cases"]
 
 
@@ -40,9 +52,20 @@ def reference_cases(shared_dir: Path) -> list[dict]:
 def imagenette_dir(shared_dir: Path) -> Path:
     """../shared/data/imagenette2-96 (ImageFolder layout, train/ and val/)."""
     path = Path(os.environ.get("EIGENMAP_SHARED_DATA", shared_dir / "data")) / "imagenette2-96"
-    if not (path / "train").is_dir():
-        pytest.skip(f"Imagenette data not found at {path} (set EIGENMAP_SHARED_DATA to the data folder)")
+    require_shared(path / "train", "Imagenette data", "set EIGENMAP_SHARED_DATA to the data folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def imagenette_subset(imagenette_dir: Path, tmp_path_factory) -> Path:
+    """An ImageFolder with the first 40 train images of 4 Imagenette classes (160 images)."""
+    root = tmp_path_factory.mktemp("imagenette_subset")
+    classes = sorted(p.name for p in (imagenette_dir / "train").iterdir() if p.is_dir())[:4]
+    for cls in classes:
+        (root / cls).mkdir()
+        for f in sorted((imagenette_dir / "train" / cls).iterdir())[:40]:
+            shutil.copy(f, root / cls / f.name)
+    return root
 
 
 def make_small_beton(imagenette_dir: Path, base: Path, per_class: int = 16, max_resolution: int = 40) -> Path:

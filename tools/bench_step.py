@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from eigenmap.config import Config, from_dict, resolve, to_dict  # noqa: E402
+from eigenmap.config import Config, from_dict, to_dict  # noqa: E402
+from eigenmap.train.checks import prepare_train_config  # noqa: E402
 
 
 def bench_config(args: argparse.Namespace, run_dir: Path) -> Config:
@@ -68,7 +69,7 @@ def bench_config(args: argparse.Namespace, run_dir: Path) -> Config:
                   "checkpoint_every_steps": 10**9, "keep_checkpoints": 1, "progress_bar": False,
                   "tensorboard": False, "seed": 0},
     }
-    return resolve(from_dict(values))
+    return prepare_train_config(from_dict(values))
 
 
 def _sync(device: torch.device) -> None:
@@ -83,40 +84,29 @@ def _rate_figures(window_rates: list[float]) -> dict:
 
 
 def bare_loop(cfg: Config, args: argparse.Namespace) -> dict:
-    """The step with nothing around it: no engine, no process group, no logger."""
-    from eigenmap.data import BatchAugment
+    """The worker's step with nothing around it: no DeepSpeed, no process group, no logger."""
     from eigenmap.models import build_model
-    from eigenmap.train.engine import precision_of
+    from eigenmap.train.engine import PlainEngine, precision_of
     from eigenmap.train.optim import build_optimizer
-    from eigenmap.train.synthetic import SyntheticTwoViewLoader
+    from eigenmap.train.step import train_step
+    from eigenmap.train.worker import build_augment, build_loader
 
     device = torch.device(args.device)
     precision = precision_of(cfg, device)
     torch.manual_seed(0)
-    model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    forward = torch.compile(model) if cfg.dist.compile else model
-    augment = BatchAugment(cfg.data, seed=0, device=device)
-    loader = SyntheticTwoViewLoader(cfg.data, num_classes=cfg.model.num_classes, rank=0, world_size=1, seed=0,
-                                    device=device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    rates, flops = [], None
+    model = build_model(cfg).to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    engine = PlainEngine(torch.compile(model) if cfg.dist.compile else model, build_optimizer(model, cfg), precision)
+    augment = build_augment(cfg, rank=0, device=device)
+    loader = build_loader(cfg, rank=0, world_size=1, device=device)
+    rates = []
     batch = cfg.data.batch_size_per_worker
     it = iter(loader)
     t0 = None
     for step in range(args.warmup + args.steps):
         v1, v2, labels = next(it)
-        x1, x2 = augment(v1, v2)
-        x = torch.cat([x1, x2]).contiguous(memory_format=torch.channels_last)
-        with autocast():
-            out = forward(x, labels)
-        (scaler.scale(out["total"]) if scaler else out["total"]).backward()
-        scaler.step(optimizer) if scaler else optimizer.step()
-        if scaler:
-            scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        out = train_step(engine, *augment(v1, v2), labels)
         if step + 1 == args.warmup:
             _sync(device)
             t0 = time.perf_counter()
@@ -125,22 +115,25 @@ def bare_loop(cfg: Config, args: argparse.Namespace) -> dict:
             t1 = time.perf_counter()
             rates.append(args.window * batch / (t1 - t0))
             t0 = time.perf_counter()
-    if device.type == "cuda":
-        flops = count_step_flops(model, augment, loader, autocast)
+    flops = count_step_flops(PlainEngine(model, engine.optimizer, precision), augment, loader) \
+        if device.type == "cuda" else None
     return {**_rate_figures(rates), "flops_per_step": flops, "precision": precision}
 
 
-def count_step_flops(model, augment, loader, autocast) -> float:
-    """Model FLOPs of one training step (forward + backward), counted by FlopCounterMode."""
+def count_step_flops(engine, augment, loader) -> float:
+    """Model FLOPs of one training step (forward + backward), counted by FlopCounterMode.
+
+    ``engine`` is a :class:`~eigenmap.train.engine.PlainEngine` (eager model); its gradients
+    are cleared afterwards and no optimiser step is taken.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     v1, v2, labels = next(iter(loader))
-    x = torch.cat(augment(v1, v2)).contiguous(memory_format=torch.channels_last)
+    x = torch.cat(augment(v1, v2))
     with FlopCounterMode(display=False) as counter:
-        with autocast():
-            out = model(x, labels)
-        out["total"].backward()
-    model.zero_grad(set_to_none=True)
+        out = engine(x, labels)
+        engine.backward(out["total"])
+    engine.module.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
 
@@ -194,9 +187,7 @@ def ray_loop(cfg: Config, args: argparse.Namespace, workers: int, threads: int) 
     values["dist"].update(num_workers=workers, cpus_per_worker=threads)
     values["data"]["batch_size_per_worker"] = cfg.data.batch_size_per_worker * cfg.dist.num_workers // workers
     values["train"]["run_dir"] = f"{cfg.train.run_dir}-ray{workers}x{threads}"
-    values["optim"]["lr"] = None
-    values["derived"]["global_batch_size"] = None
-    cfg_w = resolve(from_dict(values))
+    cfg_w = prepare_train_config(from_dict(values))
     t0 = time.perf_counter()
     with CpuSampler() as sampler:
         summary = run_on_ray(cfg_w)

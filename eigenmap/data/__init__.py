@@ -7,6 +7,8 @@
   the device.
 - :func:`build_eval_loader`: deterministic resize + centre crop, normalised.
 - :func:`build_twin_train_loader`: the torchvision equivalent of the training loader.
+- :class:`SyntheticTwoViewLoader`: random pairs made on the device (``data.train_path:
+  synthetic``, the :data:`SYNTHETIC` sentinel), for benchmarks and GPU checks.
 
 Heavy modules (FFCV, numba, torchvision) are imported when a function needs them.
 """
@@ -16,6 +18,7 @@ from .ffcv_loaders import EvalLoader, TwoViewLoader, build_eval_loader, build_tr
 from .manifest import ManifestError, manifest_path, read_manifest
 from .sharding import epoch_permutation, eval_shard, steps_per_epoch, train_shard
 from .sources import SourceError
+from .synthetic import SYNTHETIC, SyntheticTwoViewLoader
 from .twin import TwoViewFolder, build_twin_train_loader
 from .writer import WriterError, write_beton
 
@@ -23,7 +26,9 @@ __all__ = [
     "BatchAugment",
     "EvalLoader",
     "ManifestError",
+    "SYNTHETIC",
     "SourceError",
+    "SyntheticTwoViewLoader",
     "TwoViewFolder",
     "TwoViewLoader",
     "WriterError",

@@ -23,10 +23,7 @@ starts a loader; these loaders put the caller's setting back, so the training lo
 
 from __future__ import annotations
 
-import logging
-import operator
 import os
-import queue
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, Tuple, Union
@@ -34,22 +31,10 @@ from typing import Callable, Iterator, Tuple, Union
 import numpy as np
 import torch
 
+from .ffcv_compat import KeepTorchThreads, add_seed_column, caller_order, numba_threads, stop_epoch
 from .sharding import eval_shard, steps_per_epoch, train_shard
 
 __all__ = ["build_train_loader", "build_eval_loader", "TwoViewLoader", "EvalLoader", "sample_seeds"]
-
-logger = logging.getLogger(__name__)
-
-
-def _numba_threads(requested: int) -> int:
-    """FFCV's thread count, at most what numba was started with (it refuses more)."""
-    import numba
-
-    limit = int(numba.config.NUMBA_NUM_THREADS)
-    if requested > limit:
-        logger.warning("data.loader_workers=%d exceeds the %d threads numba can use here; using %d",
-                       requested, limit, limit)
-    return max(1, min(requested, limit))
 
 
 def _check_beton(path: Union[str, os.PathLike]) -> Path:
@@ -57,49 +42,6 @@ def _check_beton(path: Union[str, os.PathLike]) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"dataset file '{p}' not found; write it with `eigenmap prepare SRC {p}`")
     return p
-
-
-class _KeepTorchThreads:
-    """Remembers ``torch.get_num_threads()`` and puts it back after FFCV changed it.
-
-    Usable as a context manager (restores on exit) or by calling :meth:`restore`.
-    """
-
-    def __init__(self):
-        self.threads = torch.get_num_threads()
-
-    def restore(self) -> None:
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-
-    def __enter__(self) -> "_KeepTorchThreads":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
-
-
-def _stop_epoch(it) -> None:
-    """Stop FFCV's epoch thread and wait for it before its buffers are released.
-
-    FFCV's ``EpochIterator.close`` only sets a flag and frees the epoch's memory; the daemon
-    thread may still be decoding a batch in a numba parallel region. A process that then exits
-    aborts inside numba's TBB pool ("terminate called without an active exception", SIGABRT:
-    2 of 8 runs that left an epoch early), and a freed buffer could still be written. The
-    thread sees the flag when its queue stays full for 0.5 s, so waiting suffices, except after
-    its last batch, where it blocks on ``put(None)`` with no timeout: then the queue is emptied
-    so that put lands.
-    """
-    it.terminate_event.set()
-    while it.is_alive():
-        if operator.length_hint(it.iter_ixes) == 0:  # every batch made: only the end marker is left
-            try:
-                while True:
-                    it.output_queue.get_nowait()
-            except queue.Empty:
-                pass
-        it.join(timeout=0.1)
-    it.close()
 
 
 def _two_view_decoder_class():
@@ -115,7 +57,7 @@ def _two_view_decoder_class():
         Output per image: ``[2, size, size, 3]`` uint8 (view axis first), i.e. a batch is
         ``[B, 2, size, size, 3]``. Interpolation is bilinear (OpenCV ``INTER_LINEAR``), like
         FFCV's own ``RandomResizedCropRGBImageDecoder``. Reads a ``seed`` column that
-        :func:`_add_seed_column` adds to the image field's metadata.
+        :func:`~eigenmap.data.ffcv_compat.add_seed_column` adds to the image field's metadata.
         """
 
         def __init__(self, size: int, scale: Tuple[float, float], ratio: Tuple[float, float],
@@ -183,25 +125,6 @@ def _two_view_decoder_class():
     return TwoViewRandomResizedCrop
 
 
-def _add_seed_column(metadata: np.ndarray, field: str) -> np.ndarray:
-    """A copy of FFCV's per-sample metadata whose ``field`` records gain a uint64 ``seed``.
-
-    FFCV hands each decoder its field's metadata records at run time, the only per-sample input
-    besides the pixels; a column there is how a per-epoch seed reaches the compiled decoder.
-    """
-    old = metadata.dtype[field]
-    new_field = np.dtype([(name, old[name]) for name in old.names] + [("seed", "<u8")])
-    dtype = np.dtype([(name, new_field if name == field else metadata.dtype[name]) for name in metadata.dtype.names])
-    out = np.zeros(len(metadata), dtype=dtype)
-    for name in metadata.dtype.names:
-        if name == field:
-            for sub in old.names:
-                out[field][sub] = metadata[field][sub]
-        else:
-            out[name] = metadata[name]
-    return out
-
-
 def sample_seeds(num_samples: int, *, seed: int, epoch: int) -> np.ndarray:
     """Per-sample 32-bit seeds of the CPU-side crops and flips of one epoch, ``[num_samples]``.
 
@@ -215,29 +138,6 @@ def sample_seeds(num_samples: int, *, seed: int, epoch: int) -> np.ndarray:
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
     return z >> np.uint64(32)
-
-
-def _order_class():
-    from ffcv.traversal_order.base import TraversalOrder
-
-    class _CallerOrder(TraversalOrder):
-        """An FFCV traversal order that asks its owner for the indices of the next epoch.
-
-        FFCV 1.0.2's ``Loader`` accepts an *instance* of a ``TraversalOrder`` and calls it with
-        the loader, so ``__call__`` finishes the initialisation.
-        """
-
-        def __init__(self, provider: Callable[[], np.ndarray]):
-            self._provider = provider
-
-        def __call__(self, loader):
-            super().__init__(loader)
-            return self
-
-        def sample_order(self, epoch: int):
-            return self._provider()
-
-    return _CallerOrder
 
 
 def _label_pipeline(device: torch.device) -> list:
@@ -269,7 +169,7 @@ class TwoViewLoader:
 
     def __init__(self, data_cfg, path: Union[str, os.PathLike], *, rank: int, world_size: int, seed: int,
                  epoch: int = 0, start_step: int = 0, device: Union[str, torch.device] = "cpu"):
-        with _KeepTorchThreads():  # importing FFCV sets torch's thread count to 1
+        with KeepTorchThreads():  # importing FFCV sets torch's thread count to 1
             from ffcv.loader import Loader
             from ffcv.pipeline import PipelineSpec
             from ffcv.reader import Reader
@@ -300,21 +200,21 @@ class TwoViewLoader:
         image_ops = [ToTensor()]
         if self.device.type == "cuda":
             image_ops.append(ToDevice(self.device, non_blocking=True))
-        with _KeepTorchThreads():
+        with KeepTorchThreads():
             self._loader = Loader(
                 str(path),
                 batch_size=self.batch_size,
-                num_workers=_numba_threads(data_cfg.loader_workers),
+                num_workers=numba_threads(data_cfg.loader_workers),
                 os_cache=data_cfg.os_cache,
-                order=_order_class()(self._order),
+                order=caller_order(self._order),
                 pipelines={"image": PipelineSpec("image", decoder=decoder, transforms=image_ops),
                            "label": _label_pipeline(self.device)},
                 drop_last=False,  # whole batches already: train_shard drops the remainder
                 batches_ahead=2,
             )
-        # the decoder's seeds (see _add_seed_column); EpochIterator reads reader.metadata
+        # the decoder's seeds (see add_seed_column); EpochIterator reads reader.metadata
         field = f"f{self._loader.field_name_to_f_ix['image']}"
-        self._metadata = _add_seed_column(self._loader.reader.metadata, field)
+        self._metadata = add_seed_column(self._loader.reader.metadata, field)
         self._seeds = self._metadata[field]["seed"]
         self._loader.reader.metadata = self._metadata
         self.set_epoch(epoch, start_step=start_step)
@@ -341,7 +241,7 @@ class TwoViewLoader:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if self.start_step == self._steps:
             return
-        keep = _KeepTorchThreads()
+        keep = KeepTorchThreads()
         self._seeds[:] = sample_seeds(self.num_samples, seed=self.seed, epoch=self.epoch)
         it = iter(self._loader)
         try:
@@ -352,7 +252,7 @@ class TwoViewLoader:
                 # by callers (logs, probes), so they get their own memory
                 yield images[:, 0].permute(0, 3, 1, 2), images[:, 1].permute(0, 3, 1, 2), labels.clone()
         finally:
-            _stop_epoch(it)
+            stop_epoch(it)
             keep.restore()
 
 
@@ -388,7 +288,7 @@ class EvalLoader:
 
     def __init__(self, data_cfg, path: Union[str, os.PathLike], *, batch_size: int, rank: int = 0,
                  world_size: int = 1, device: Union[str, torch.device] = "cpu"):
-        with _KeepTorchThreads():  # importing FFCV sets torch's thread count to 1
+        with KeepTorchThreads():  # importing FFCV sets torch's thread count to 1
             from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
             from ffcv.loader import Loader, OrderOption
             from ffcv.reader import Reader
@@ -410,9 +310,9 @@ class EvalLoader:
         self._std = torch.tensor(data_cfg.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self._loader = None
         if len(self.indices):
-            with _KeepTorchThreads():
+            with KeepTorchThreads():
                 self._loader = Loader(
-                    str(path), batch_size=batch_size, num_workers=_numba_threads(data_cfg.loader_workers),
+                    str(path), batch_size=batch_size, num_workers=numba_threads(data_cfg.loader_workers),
                     os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, indices=self.indices,
                     pipelines={"image": image_ops, "label": _label_pipeline(self.device)},
                     drop_last=False, batches_ahead=2,
@@ -424,7 +324,7 @@ class EvalLoader:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         if self._loader is None:
             return
-        keep = _KeepTorchThreads()
+        keep = KeepTorchThreads()
         it = iter(self._loader)
         try:
             for n, (images, labels) in enumerate(it):
@@ -434,7 +334,7 @@ class EvalLoader:
                 x = images.float().sub_(self._mean).div_(self._std)
                 yield x.contiguous(memory_format=torch.channels_last), labels.clone()
         finally:
-            _stop_epoch(it)
+            stop_epoch(it)
             keep.restore()
 
 

@@ -1,22 +1,24 @@
 """Self-supervised objectives: NeuralEF and the baselines it is compared with.
 
-Each loss is a pure function plus a thin ``nn.Module`` returning :class:`LossTerms`; modules
-gather the outputs of all workers only when built with ``gather_distributed=True``.
+Each loss is a pure function plus a thin :class:`Objective` module returning :class:`LossTerms`;
+modules gather the outputs of all workers only when built with ``gather_distributed=True``.
+L2-BatchNorm (``l2bn``) lives here because the NeuralEF objective applies it, on the gathered
+outputs, and owns its running statistics. Losses never import ``eigenmap.models``.
 """
 
 from __future__ import annotations
 
-import torch.nn as nn
-
 from eigenmap.config import LossConfig
 from eigenmap.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
-from eigenmap.losses.common import LossTerms, gather_pair
+from eigenmap.losses.common import LossTerms, Objective, gather_pair
+from eigenmap.losses.l2bn import EigenStatistics, L2BatchNorm, batch_statistics, l2_batchnorm
 from eigenmap.losses.neuralef import NeuralEFLoss, neuralef_loss, neuralef_terms
 from eigenmap.losses.simclr import NTXentLoss, nt_xent_loss
 from eigenmap.losses.spectral_contrastive import SpectralContrastiveLoss, spectral_contrastive_loss
 
 __all__ = [
-    "LossTerms", "gather_pair", "build_loss",
+    "LossTerms", "Objective", "gather_pair", "build_loss",
+    "L2BatchNorm", "EigenStatistics", "l2_batchnorm", "batch_statistics",
     "neuralef_loss", "neuralef_terms", "NeuralEFLoss",
     "nt_xent_loss", "NTXentLoss",
     "barlow_twins_loss", "BarlowTwinsLoss",
@@ -34,7 +36,7 @@ _BUILDERS = {
 }
 
 
-def build_loss(cfg: LossConfig, k: int) -> nn.Module:
+def build_loss(cfg: LossConfig, k: int) -> Objective:
     """The objective named by ``cfg.name`` for k-dim outputs; ``forward(z1, z2) -> LossTerms``."""
     if cfg.name not in _BUILDERS:
         raise ValueError(f"unknown loss {cfg.name!r}; accepted: {', '.join(_BUILDERS)}")

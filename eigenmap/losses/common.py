@@ -1,13 +1,14 @@
-"""What every loss module shares: its return type, the paired gather, the baseline base class."""
+"""What every loss module shares: its return type, the objective base classes, the paired gather."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 
 from eigenmap import dist
+from eigenmap.losses.l2bn import L2BatchNorm
 
 
 class LossTerms(NamedTuple):
@@ -25,7 +26,23 @@ def gather_pair(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch
     return both[:, 0], both[:, 1]
 
 
-class PairLoss(nn.Module):
+class Objective(nn.Module):
+    """Base of every training objective: ``forward(z1, z2) -> LossTerms`` on [B, k] x 2.
+
+    ``l2bn`` is the objective's L2-BatchNorm (running eigenvalue and mean-square estimates) for
+    eigenfunction objectives, None for the others: the one typed place where a model's running
+    statistics live.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l2bn: Optional[L2BatchNorm] = None
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossTerms:
+        raise NotImplementedError
+
+
+class PairLoss(Objective):
     """A loss without a regulariser on two views: subclasses define ``objective(z1, z2)``.
 
     ``forward(z1, z2)`` takes this worker's [B, D] x 2, gathers them from all workers first

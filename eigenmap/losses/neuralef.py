@@ -11,10 +11,9 @@ official implementation to float64 round-off (tests/losses/test_neuralef_referen
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from eigenmap.losses.common import LossTerms, gather_pair
-from eigenmap.models.l2bn import L2BatchNorm, l2_batchnorm
+from eigenmap.losses.common import LossTerms, Objective, gather_pair
+from eigenmap.losses.l2bn import L2BatchNorm, l2_batchnorm
 
 __all__ = ["neuralef_terms", "neuralef_loss", "NeuralEFLoss"]
 
@@ -55,7 +54,7 @@ def neuralef_loss(
     return neuralef_terms(n1, n2, stop_grad=stop_grad)
 
 
-class NeuralEFLoss(nn.Module):
+class NeuralEFLoss(Objective):
     """NeuralEF objective with its L2-BatchNorm running statistics.
 
     ``forward(z1, z2)`` takes this worker's projector outputs [B, k] x 2, gathers them from all

@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from eigenmap.config import Config
+from eigenmap.losses import EigenStatistics, L2BatchNorm, Objective, build_loss
 from eigenmap.models.backbone import build_backbone
-from eigenmap.models.l2bn import L2BatchNorm
 from eigenmap.models.projector import build_projector
 
 
@@ -18,21 +18,29 @@ class EigenmapModel(nn.Module):
     """ResNet encoder, projector and objective, trained on both views in ONE batch.
 
     ``forward(x, labels)`` is the whole training computation, so a DeepSpeed engine or DDP can
-    wrap this module as is. The objective owns the L2-BatchNorm statistics (they are part of
-    this module's state dict under ``objective.l2bn``).
+    wrap this module as is. The objective owns the L2-BatchNorm statistics; read them with
+    :meth:`statistics` (or use :attr:`l2bn`), never through state-dict keys.
     """
 
-    def __init__(self, backbone: nn.Module, feat_dim: int, projector: nn.Module, objective: nn.Module,
+    def __init__(self, backbone: nn.Module, feat_dim: int, projector: nn.Module, objective: Objective,
                  num_classes: Optional[int]):
         super().__init__()
         self.backbone, self.feat_dim, self.projector, self.objective = backbone, feat_dim, projector, objective
-        # monitoring only: trained on detached features, so it never shapes the encoder
-        self.online_head = nn.Linear(feat_dim, num_classes) if num_classes else None
+        # monitoring only: trained on detached features, so it never shapes the encoder. The
+        # features are standardised first (BatchNorm without affine): their scale drifts by
+        # orders of magnitude early in training, and plain SGD on the raw features spiked
+        # (cross-entropy 2.3 -> 92 in the first 100 steps of a 10-class run) before settling.
+        self.online_head = nn.Sequential(nn.BatchNorm1d(feat_dim, affine=False),
+                                         nn.Linear(feat_dim, num_classes)) if num_classes else None
 
     @property
     def l2bn(self) -> Optional[L2BatchNorm]:
         """The L2-BatchNorm (running mean square, eigenvalues) of a NeuralEF model, else None."""
-        return getattr(self.objective, "l2bn", None)
+        return self.objective.l2bn
+
+    def statistics(self) -> Optional[EigenStatistics]:
+        """Eigenvalue and mean-square estimates [k] of a NeuralEF model (CPU copies), else None."""
+        return self.l2bn.statistics() if self.l2bn is not None else None
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """One training forward.
@@ -77,8 +85,6 @@ class EigenmapModel(nn.Module):
 
 def build_model(cfg: Config) -> EigenmapModel:
     """The model described by ``cfg.model`` and ``cfg.loss``."""
-    from eigenmap.losses import build_loss  # here, not at the top: losses import models.l2bn
-
     m = cfg.model
     backbone, feat_dim = build_backbone(m.arch, small_image_stem=m.small_image_stem)
     projector = build_projector(feat_dim, m.projector_hidden_dim, m.projector_out_dim)

@@ -4,8 +4,8 @@ A checkpoint is a directory ``step_XXXXXXXX`` holding
 
 - ``engine/``: the DeepSpeed engine (module state with the BatchNorm and L2-BatchNorm buffers,
   optimiser state or this rank's ZeRO shard), written by DeepSpeed's own ``save_checkpoint``;
-- ``trainer_state.pt``: loader position (epoch, step in epoch), global step, world size and a
-  copy of the L2-BatchNorm statistics (rank 0);
+- ``trainer_state.pt``: loader position (epoch, step in epoch), global step and world size
+  (rank 0);
 - ``rng_rank{r}.pt``: each rank's RNG states (torch, CUDA, numpy, python, batched augments);
 - ``meta.json``: the same counters and the last logged metrics, for people and tools.
 
@@ -84,13 +84,6 @@ def _set_rng_state(state: dict, augment: Any) -> None:
         augment.load_state_dict(state["augment"])
 
 
-def _l2bn_state(model: torch.nn.Module) -> dict:
-    l2bn = getattr(model, "l2bn", None)
-    if l2bn is None:
-        return {}
-    return {k: v.detach().cpu().clone() for k, v in l2bn.state_dict().items()}
-
-
 def write_checkpoint(path: Path, engine: Any, state: TrainerState, augment: Any = None,
                      metrics: Optional[dict] = None) -> None:
     """Every rank writes its part of one checkpoint into the directory ``path``.
@@ -104,8 +97,7 @@ def write_checkpoint(path: Path, engine: Any, state: TrainerState, augment: Any 
                            client_state={"trainer_step": state.step})
     torch.save(_rng_state(augment), path / f"rng_rank{rank}.pt")
     if rank == 0:
-        torch.save({**asdict(state), "world_size": world, "l2bn": _l2bn_state(engine.module)},
-                   path / "trainer_state.pt")
+        torch.save({**asdict(state), "world_size": world}, path / "trainer_state.pt")
         meta = {**asdict(state), "world_size": world, "time": time.time(), "metrics": metrics or {}}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
 

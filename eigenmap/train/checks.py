@@ -1,27 +1,59 @@
-"""Checks a training config must pass before any worker starts (no torch import here).
+"""The one way a training config is loaded, and the checks it must pass before any worker starts.
 
-``eigenmap train`` runs them in the launcher, so a bad run fails in a second with a message
-naming the key, not minutes later inside a Ray worker.
+Every entry point (``eigenmap train``, ``python -m eigenmap.train.worker``, the benchmarks)
+goes through :func:`load_train_config` or :func:`prepare_train_config`: YAML + overrides,
+paths made absolute (Ray workers run in their own working directories), derived values
+resolved, then :func:`check_train_config`. A bad run fails in a second with a message naming
+the key, not minutes later inside a Ray worker.
 """
 
 from __future__ import annotations
 
-import json
+import typing
 from pathlib import Path
+from typing import Optional, Union
 
-from eigenmap.config import Config, ConfigError
+from eigenmap.config import Config, ConfigError, load_config, resolve
+from eigenmap.data.manifest import ManifestError, manifest_path, read_manifest
+from eigenmap.data.synthetic import SYNTHETIC
 
-__all__ = ["check_train_config", "SYNTHETIC"]
+__all__ = ["check_train_config", "prepare_train_config", "load_train_config"]
 
-SYNTHETIC = "synthetic"
+
+def load_train_config(path: Union[str, Path], overrides: typing.Sequence[str] = ()) -> Config:
+    """Load ``path`` with ``section.key=value`` overrides and :func:`prepare_train_config` it.
+
+    Raises:
+        ConfigError: missing file, bad YAML, bad key or value, or a failed check, named.
+    """
+    return prepare_train_config(load_config(path, overrides))
+
+
+def prepare_train_config(cfg: Config, *, check_paths: bool = True) -> Config:
+    """``cfg`` with absolute paths and derived values, checked; a new config.
+
+    Raises:
+        ConfigError: a failed check (see :func:`check_train_config`).
+    """
+    cfg = resolve(cfg)
+    cfg.train.run_dir = _absolute(cfg.train.run_dir)
+    if cfg.data.train_path != SYNTHETIC:
+        cfg.data.train_path = _absolute(cfg.data.train_path)
+    cfg.data.val_path = _absolute(cfg.data.val_path)
+    check_train_config(cfg, check_paths=check_paths)
+    return cfg
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if path else path
 
 
 def check_train_config(cfg: Config, *, check_paths: bool = True) -> None:
     """Raise :class:`ConfigError` naming the problem when ``cfg`` cannot train.
 
     Checks: combinations the schema cannot express (LARS needs whole parameters, so ZeRO
-    stage 0), the training data path (set, exists, a manifest whose class count fits the
-    online classifier) and a run directory that is not a file.
+    stage 0; GPU-only settings), the training data path (set, exists, a manifest whose class
+    count fits the online classifier) and a run directory that is not a file.
     """
     if cfg.optim.name == "lars" and cfg.dist.zero_stage > 0:
         raise ConfigError(
@@ -37,24 +69,33 @@ def check_train_config(cfg: Config, *, check_paths: bool = True) -> None:
     run_dir = Path(cfg.train.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"config key 'train.run_dir': '{run_dir}' exists and is not a directory")
-    if not check_paths:
-        return
+    if check_paths:
+        _check_train_data(cfg)
+
+
+def _check_train_data(cfg: Config) -> None:
     path = cfg.data.train_path
     if path == SYNTHETIC:
         return
     if not path:
-        raise ConfigError("config key 'data.train_path' is empty: pass data.train_path=PATH.beton (written by "
-                          "`eigenmap prepare`) or data.train_path=synthetic")
+        raise ConfigError(f"config key 'data.train_path' is empty: pass data.train_path=PATH.beton (written by "
+                          f"`eigenmap prepare`) or data.train_path={SYNTHETIC}")
     if not Path(path).is_file():
         raise ConfigError(f"config key 'data.train_path': '{path}' does not exist (write it with "
-                          "`eigenmap prepare SRC OUT.beton`, or pass data.train_path=synthetic)")
-    manifest = Path(path + ".json")
-    if manifest.is_file() and cfg.model.online_classifier:
-        try:
-            classes = len(json.loads(manifest.read_text())["classes"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"manifest '{manifest}' is unreadable ({e}); rewrite it with `eigenmap prepare`") from None
-        if classes > cfg.model.num_classes:
-            raise ConfigError(
-                f"config key 'model.num_classes' ({cfg.model.num_classes}) is below the {classes} classes of "
-                f"'{path}' (its manifest); set model.num_classes={classes}")
+                          f"`eigenmap prepare SRC OUT.beton`, or pass data.train_path={SYNTHETIC})")
+    manifest = _manifest_or_none(path)
+    if manifest is not None and cfg.model.online_classifier and len(manifest["classes"]) > cfg.model.num_classes:
+        classes = len(manifest["classes"])
+        raise ConfigError(
+            f"config key 'model.num_classes' ({cfg.model.num_classes}) is below the {classes} classes of "
+            f"'{path}' (its manifest); set model.num_classes={classes}")
+
+
+def _manifest_or_none(path: str) -> Optional[dict]:
+    """The ``.beton``'s manifest, None when there is none (a file written by FFCV directly)."""
+    if not manifest_path(path).is_file():
+        return None
+    try:
+        return read_manifest(path)
+    except ManifestError as e:
+        raise ConfigError(str(e)) from None

@@ -7,10 +7,11 @@ silent fall-back to another code path.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.distributed as tdist
@@ -19,7 +20,7 @@ import torch.nn as nn
 from eigenmap.config import Config
 
 __all__ = ["pick_device", "precision_of", "init_process_group", "deepspeed_config",
-           "import_deepspeed", "build_engine"]
+           "import_deepspeed", "build_engine", "PlainEngine"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ def import_deepspeed(device_type: str = "cpu"):
     """Import DeepSpeed (setting ``DS_ACCELERATOR=cpu`` first on a machine without CUDA)."""
     if device_type != "cuda":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # torch's extension builder warns "No CUDA runtime is found" when DeepSpeed imports it on
+        # a machine without CUDA: true and expected here, and printed by every rank
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         import deepspeed
     except ImportError as e:
@@ -116,11 +120,49 @@ def build_engine(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer
         dist_init_required=False)
     if world == 1 and cfg.dist.zero_stage == 0:
         # nothing to reduce, yet DeepSpeed would still flatten, all-reduce and copy back every
-        # gradient after each backward (tools/bench_step.py, DeepSpeed / bare on CPU: 0.95
-        # before this, 0.953-1.014 after)
+        # gradient after each backward: a measurable share of a CPU step (tools/bench_step.py,
+        # DeepSpeed / bare; figures in docs/results/)
         engine.enable_backward_allreduce = False
     if cfg.model.channels_last and cfg.dist.zero_stage == 0:
         engine.module.to(memory_format=torch.channels_last)  # NHWC weights: no per-step layout conversion
     # ZeRO 1-2 view each gradient as a slice of a flat buffer and fail on channels_last grads:
     # there the weights stay NCHW and the channels_last INPUT still selects NHWC convolutions.
     return engine, ds_optimizer
+
+
+class PlainEngine:
+    """A bare model and optimiser behind the DeepSpeed engine's step interface.
+
+    ``engine(x, labels)`` (forward under autocast for bf16/fp16), ``engine.backward(loss)``
+    (scaled for fp16) and ``engine.step()`` (optimiser step, then gradients set to None), and
+    ``engine.module``: so :func:`eigenmap.train.step.train_step` runs unchanged without a
+    process group or DeepSpeed. This is the bare loop ``tools/bench_step.py`` compares the
+    worker loop with.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: str):
+        self.module, self.optimizer = model, optimizer
+        self.device_type = next(model.parameters()).device.type
+        self.dtype: Optional[torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        # loss scaling only for fp16: bf16 has fp32's exponent range
+        self.scaler = torch.amp.GradScaler(self.device_type) if precision == "fp16" else None
+
+    def __call__(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        autocast = (torch.autocast(self.device_type, dtype=self.dtype) if self.dtype is not None
+                    else contextlib.nullcontext())
+        with autocast:
+            return self.module(x, labels)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # frees the gradients until the next backward
+
+    def train(self) -> None:
+        self.module.train()

@@ -1,7 +1,7 @@
 """Optimisers: LARS (the recipe), SGD and AdamW, with the recipe's parameter groups.
 
 Biases and norm parameters (``p.ndim < 2``) take no weight decay and no LARS adaptation; the
-online monitoring classifier is its own group with its own peak lr (``optim.probe_lr``) and
+online monitoring classifier is its own group with its own peak lr (``optim.online_head_lr``) and
 no weight decay. Every group carries ``peak_lr``; the loop sets ``lr = peak_lr * factor(step)``.
 """
 
@@ -78,36 +78,36 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
         if not p.requires_grad or id(p) in head_ids:
             continue
         (flat if p.ndim < 2 else weights).append(p)  # biases and norm scales: p.ndim == 1
-    lr = cfg.optim.lr
+    lr = cfg.derived.lr
     if lr is None:
-        raise ValueError("optim.lr is null: pass the config through eigenmap.config.resolve() first")
+        raise ValueError("derived.lr is null: pass the config through eigenmap.config.resolve() first")
     groups = [
         dict(name="weights", params=weights, peak_lr=lr, lr=lr, weight_decay=cfg.optim.weight_decay,
              lars_adapt=True),
         dict(name="biases_and_norms", params=flat, peak_lr=lr, lr=lr, weight_decay=0.0, lars_adapt=False),
     ]
     if head_ids:
-        groups.append(dict(name="online_head", params=list(head.parameters()), peak_lr=cfg.optim.probe_lr,
-                           lr=cfg.optim.probe_lr, weight_decay=0.0, lars_adapt=False))
+        groups.append(dict(name="online_head", params=list(head.parameters()), peak_lr=cfg.optim.online_head_lr,
+                           lr=cfg.optim.online_head_lr, weight_decay=0.0, lars_adapt=False))
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """The optimiser named by ``cfg.optim.name`` over :func:`param_groups` (pass it to DeepSpeed)."""
-    o = cfg.optim
+    o, lr = cfg.optim, cfg.derived.lr
     groups = param_groups(model, cfg)
     on_cuda = next(model.parameters()).is_cuda
     if o.name == "lars":
-        return LARS(groups, lr=o.lr, momentum=o.momentum, trust_coefficient=o.trust_coefficient)
+        return LARS(groups, lr=lr, momentum=o.momentum, trust_coefficient=o.trust_coefficient)
     if o.name == "sgd":
         for g in groups:
             g.pop("lars_adapt")
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, foreach=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, foreach=True)
     if o.name == "adamw":
         for g in groups:
             g.pop("lars_adapt")
         # fused: one kernel for the whole update on CUDA; foreach elsewhere
-        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.999), fused=on_cuda or None,
+        return torch.optim.AdamW(groups, lr=lr, betas=(o.momentum, 0.999), fused=on_cuda or None,
                                  foreach=None if on_cuda else True)
     raise ValueError(f"unknown optimiser {o.name!r}; accepted: lars, sgd, adamw")
 

@@ -8,26 +8,21 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["warmup_cosine", "lr_factor"]
-
-
-def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, peak: float,
-                  final_ratio: float) -> float:
-    """Learning rate at ``step`` (0-based, the step about to be taken).
-
-    Args:
-        step: global optimiser step, 0 <= step (steps past ``total_steps`` stay at the floor).
-        total_steps: steps of the whole run (all epochs), >= 1.
-        warmup_steps: linear warm-up steps, 0 <= warmup_steps <= total_steps.
-        peak: learning rate at the end of the warm-up.
-        final_ratio: the cosine ends at ``final_ratio * peak``.
-    """
-    return peak * lr_factor(step, total_steps=total_steps, warmup_steps=warmup_steps,
-                            final_ratio=final_ratio)
+__all__ = ["lr_factor"]
 
 
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int, final_ratio: float) -> float:
-    """The schedule's multiplier of the peak, in [0, 1]; every param group scales its own peak."""
+    """The schedule's multiplier of the peak lr at ``step``, in [0, 1].
+
+    Args:
+        step: global optimiser step about to be taken, 0-based (steps past ``total_steps`` stay
+            at the floor).
+        total_steps: steps of the whole planned run (all epochs), >= 1.
+        warmup_steps: linear warm-up steps, 0 <= warmup_steps <= total_steps.
+        final_ratio: the cosine ends at ``final_ratio`` times the peak.
+
+    Every param group multiplies its own peak lr by this factor.
+    """
     if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}), total >= 1")
     if step < warmup_steps:

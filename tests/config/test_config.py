@@ -90,10 +90,36 @@ def test_resolve_makes_the_scaled_learning_rate_visible():
     cfg = resolve(from_dict({"dist": {"num_workers": 8}, "data": {"batch_size_per_worker": 256},
                              "optim": {"base_lr": 0.3}}))
     assert cfg.derived.global_batch_size == 2048
-    assert cfg.optim.lr == pytest.approx(2.4)
+    assert cfg.derived.lr == pytest.approx(2.4)
     assert "lr: 2.4" in to_yaml(cfg)
+    assert cfg.optim.lr is None  # the user's key stays as the user left it
     explicit = resolve(from_dict({"optim": {"lr": 0.5}}))
-    assert explicit.optim.lr == 0.5
+    assert explicit.derived.lr == 0.5 and explicit.optim.lr == 0.5
+
+
+def test_resolve_twice_is_resolve_once():
+    cfg = from_dict({"dist": {"num_workers": 4}, "data": {"batch_size_per_worker": 64}, "optim": {"base_lr": 0.3}})
+    once = resolve(cfg)
+    assert resolve(once) == once
+    assert to_yaml(resolve(once)) == to_yaml(once)
+
+
+def test_a_changed_batch_re_derives_the_learning_rate_of_a_resolved_config():
+    once = resolve(from_dict({"dist": {"num_workers": 1}, "data": {"batch_size_per_worker": 256}}))
+    assert once.derived.lr == pytest.approx(0.3)
+    once.data.batch_size_per_worker = 512
+    again = resolve(once)
+    assert again.derived.global_batch_size == 512
+    assert again.derived.lr == pytest.approx(0.6)
+
+
+def test_a_renamed_key_names_its_new_name():
+    with pytest.raises(ConfigError, match=r"'optim\.probe_lr' was renamed to 'optim\.online_head_lr'"):
+        from_dict({"optim": {"probe_lr": 0.1}})
+    with pytest.raises(ConfigError, match="online_head_lr"):
+        from_dict(apply_overrides({}, ["optim.probe_lr=0.1"]))
+    assert from_dict({"optim": {"online_head_lr": 0.2}}).optim.online_head_lr == 0.2
+    assert from_dict({"eval": {"probe_lr": 0.2}}).eval.probe_lr == 0.2  # the linear probe's own key
 
 
 def test_missing_file_and_bad_yaml_are_clear_errors(tmp_path):

@@ -7,30 +7,13 @@ Everything is written under pytest's temporary folders; real images come from
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# the subset every writer/loader test shares: small enough to write in a second or two
-SUBSET_CLASSES = 4
-SUBSET_PER_CLASS = 40
-
 INDEX_SIDE = 32
 INDEX_COUNT = 224  # 2 workers x 7 batches of 16: shards of whole batches cover it exactly
-
-
-@pytest.fixture(scope="session")
-def imagenette_subset(imagenette_dir: Path, tmp_path_factory) -> Path:
-    """An ImageFolder with the first ``SUBSET_PER_CLASS`` train images of ``SUBSET_CLASSES`` classes."""
-    root = tmp_path_factory.mktemp("imagenette_subset")
-    classes = sorted(p.name for p in (imagenette_dir / "train").iterdir() if p.is_dir())[:SUBSET_CLASSES]
-    for cls in classes:
-        (root / cls).mkdir()
-        for f in sorted((imagenette_dir / "train" / cls).iterdir())[:SUBSET_PER_CLASS]:
-            shutil.copy(f, root / cls / f.name)
-    return root
 
 
 def _save(img, path: Path, **kwargs) -> None:

@@ -36,17 +36,21 @@ def cli_env() -> dict:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
 
 
-def eigenmap_train(*args: str, timeout: float = 300, log: Path | None = None):
+def eigenmap_train(*args: str, timeout: float = 300, log: Path | None = None, user_console: bool = False):
     """``eigenmap train ...`` as a subprocess (a user's command line).
 
     Waits and returns the CompletedProcess; with ``log``, returns the running Popen at once,
-    its output going to that file.
+    its output going to that file. ``user_console``: Ray's log de-duplication as a user has it
+    (the other tests turn it off to see every worker's lines).
     """
     cmd = [sys.executable, "-m", "launch.cli", "train", *args]
+    env = cli_env()
+    if user_console:
+        env.pop("RAY_DEDUP_LOGS")
     if log is not None:
         with open(log, "w") as out:
-            return subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+            return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _free_port() -> int:

@@ -43,7 +43,7 @@ def _run(name: str, x1: torch.Tensor, x2: torch.Tensor, w0: torch.Tensor, gather
     terms.total.backward()
     out = {"total": terms.total.detach(), "loss": terms.loss.detach(), "reg": terms.reg.detach(),
            "grad_w": w.grad, "grad_x1": x1.grad, "grad_x2": x2.grad}
-    if hasattr(objective, "l2bn"):
+    if objective.l2bn is not None:  # NeuralEF: its running statistics
         out["norm_sqr"], out["eigenvalues"] = objective.l2bn.norm_sqr.clone(), objective.l2bn.eigenvalues.clone()
     return out
 

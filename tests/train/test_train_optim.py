@@ -43,7 +43,7 @@ def test_lars_matches_the_per_parameter_reference_over_two_steps():
 def _cfg(name="lars"):
     return resolve(from_dict({
         "model": {"arch": "resnet18", "projector_hidden_dim": 32, "projector_out_dim": 16, "num_classes": 10},
-        "optim": {"name": name, "weight_decay": 1e-4, "probe_lr": 0.05},
+        "optim": {"name": name, "weight_decay": 1e-4, "online_head_lr": 0.05},
         "data": {"batch_size_per_worker": 512}}))
 
 

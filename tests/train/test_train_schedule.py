@@ -6,7 +6,12 @@ import math
 
 import pytest
 
-from eigenmap.train.schedule import lr_factor, warmup_cosine
+from eigenmap.train.schedule import lr_factor
+
+
+def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, peak: float, final_ratio: float) -> float:
+    """The learning rate of a param group whose peak is ``peak``, as the optimiser sets it."""
+    return peak * lr_factor(step, total_steps=total_steps, warmup_steps=warmup_steps, final_ratio=final_ratio)
 
 
 def test_warmup_is_linear_and_reaches_the_peak():

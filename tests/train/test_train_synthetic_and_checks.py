@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from eigenmap.config import ConfigError, from_dict, resolve
+from eigenmap.data.synthetic import SyntheticTwoViewLoader
 from eigenmap.train.checks import check_train_config
-from eigenmap.train.synthetic import SyntheticTwoViewLoader
 
 
 def test_synthetic_loader_has_the_training_loader_contract():
@@ -47,7 +47,9 @@ def test_data_path_problems_are_named(tmp_path):
         check_train_config(_cfg(data={"train_path": str(tmp_path / "missing.beton")}))
     beton = tmp_path / "x.beton"
     beton.write_bytes(b"")
-    (tmp_path / "x.beton.json").write_text(json.dumps({"classes": [str(i) for i in range(12)]}))
+    classes = [str(i) for i in range(12)]
+    (tmp_path / "x.beton.json").write_text(json.dumps({"classes": classes, "counts": {c: 1 for c in classes},
+                                                       "num_images": 12, "skipped": [], "max_resolution": None}))
     with pytest.raises(ConfigError, match="model.num_classes.*12"):
         check_train_config(_cfg(data={"train_path": str(beton)}, model={"num_classes": 10}))
     check_train_config(_cfg(data={"train_path": str(beton)}, model={"num_classes": 12}))

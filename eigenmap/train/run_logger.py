@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging as _logging
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,6 @@ import numpy as np
 import torch
 
 __all__ = ["RunLogger", "spectrum_plot"]
-
-log = _logging.getLogger(__name__)
 
 SCALAR_TAGS = {"loss": "train/loss", "reg": "train/reg", "total": "train/total",
                "cls_loss": "train/cls_loss", "acc": "train/online_acc", "lr": "train/lr"}
@@ -142,14 +139,6 @@ class RunLogger:
         ev = eigenvalues.detach().float().cpu().numpy()
         self.writer.add_histogram("spectrum/eigenvalues", ev, step)
         self.writer.add_image("spectrum/eigenvalues_plot", spectrum_plot(ev), step, dataformats="HWC")
-
-    def message(self, text: str) -> None:
-        if not self.active:
-            return
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            log.info(text)
 
     def close(self) -> None:
         if self.bar is not None:

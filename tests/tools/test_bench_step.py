@@ -26,14 +26,14 @@ def _load_bench():
 def test_step_flops_count_the_backward_as_twice_the_forward():
     """The GPU figure divides these FLOPs by the measured matmul rate: a forward-only count
     would report a third of the true efficiency."""
-    from contextlib import nullcontext
-
     from torch.utils.flop_counter import FlopCounterMode
 
     from eigenmap.config import from_dict, resolve
     from eigenmap.data import BatchAugment
+    from eigenmap.data.synthetic import SyntheticTwoViewLoader
     from eigenmap.models import build_model
-    from eigenmap.train.synthetic import SyntheticTwoViewLoader
+    from eigenmap.train.engine import PlainEngine
+    from eigenmap.train.optim import build_optimizer
 
     bench = _load_bench()
     cfg = resolve(from_dict({"model": {"arch": "resnet18", "projector_hidden_dim": 64, "projector_out_dim": 64,
@@ -46,7 +46,7 @@ def test_step_flops_count_the_backward_as_twice_the_forward():
     augment = BatchAugment(cfg.data, seed=0, device=torch.device("cpu"))
     loader = SyntheticTwoViewLoader(cfg.data, num_classes=10, rank=0, world_size=1, seed=0,
                                     device=torch.device("cpu"))
-    step = bench.count_step_flops(model, augment, loader, nullcontext)
+    step = bench.count_step_flops(PlainEngine(model, build_optimizer(model, cfg), "fp32"), augment, loader)
     v1, v2, labels = next(iter(loader))
     x = torch.cat(augment(v1, v2)).contiguous(memory_format=torch.channels_last)
     with FlopCounterMode(display=False) as counter, torch.no_grad():

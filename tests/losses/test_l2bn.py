@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from eigenmap.models import L2BatchNorm, l2_batchnorm
+from eigenmap.losses import L2BatchNorm, l2_batchnorm
 
 
 def test_columns_have_sum_of_squares_2t_over_both_views():

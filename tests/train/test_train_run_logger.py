@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from eigenmap.train.logging import RunLogger, spectrum_plot
+from eigenmap.train.run_logger import RunLogger, spectrum_plot
 
 
 def test_spectrum_plot_draws_the_curve():

@@ -8,11 +8,25 @@ eigenvalue estimates.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ["l2_batchnorm", "batch_statistics", "L2BatchNorm"]
+__all__ = ["l2_batchnorm", "batch_statistics", "L2BatchNorm", "EigenStatistics"]
+
+
+class EigenStatistics(NamedTuple):
+    """The running statistics of a trained NeuralEF model (copies, on the CPU).
+
+    ``eigenvalues`` [k]: EMA of mean_b(psi1_bj psi2_bj) / mean square, the eigenvalue estimate of
+    output j; ``mean_square`` [k]: EMA of the per-column mean square over both views, the
+    inference normalisation; ``num_updates``: EMA updates so far (0 = never trained).
+    """
+
+    eigenvalues: torch.Tensor
+    mean_square: torch.Tensor
+    num_updates: int
 
 
 def l2_batchnorm(psi1: torch.Tensor, psi2: torch.Tensor, t: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +104,11 @@ class L2BatchNorm(nn.Module):
         if scale_by_eigenvalue:
             out = out * self.eigenvalues.clamp(min=0).sqrt()
         return out
+
+    def statistics(self) -> EigenStatistics:
+        """The running statistics as :class:`EigenStatistics` (one host read)."""
+        return EigenStatistics(self.eigenvalues.detach().float().cpu().clone(),
+                               self.norm_sqr.detach().float().cpu().clone(), int(self.num_updates))
 
     def extra_repr(self) -> str:
         return f"k={self.k}, t={self.t}, momentum={self.momentum}"

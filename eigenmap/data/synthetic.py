@@ -15,9 +15,10 @@ import torch
 
 from eigenmap.config import DataConfig
 
-from eigenmap.train.checks import SYNTHETIC
-
 __all__ = ["SyntheticTwoViewLoader", "SYNTHETIC"]
+
+# the value of data.train_path that selects this source
+SYNTHETIC = "synthetic"
 
 
 class SyntheticTwoViewLoader:
