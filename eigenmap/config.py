@@ -110,8 +110,8 @@ class OptimConfig:
     final_lr_ratio: float = _f(0.001, "cosine schedule ends at this fraction of lr", ge=0.0, le=1.0)
     grad_clip: Optional[float] = _f(None, "gradient norm clipping; null = off", gt=0.0)
     online_head_lr: float = _f(
-        0.1, "peak lr of the online monitoring classifier (same schedule; not the linear probe's eval.probe_lr)",
-        gt=0.0)
+        1.0, "peak lr of the online monitoring classifier on standardised features (same schedule; "
+        "not the linear probe's eval.probe_lr)", gt=0.0)
 
 
 @dataclass

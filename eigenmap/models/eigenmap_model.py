@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from eigenmap.config import Config
 from eigenmap.losses import EigenStatistics, L2BatchNorm, Objective, build_loss
 from eigenmap.models.backbone import build_backbone
+from eigenmap.models.online_head import OnlineHead
 from eigenmap.models.projector import build_projector
 
 
@@ -26,12 +27,8 @@ class EigenmapModel(nn.Module):
                  num_classes: Optional[int]):
         super().__init__()
         self.backbone, self.feat_dim, self.projector, self.objective = backbone, feat_dim, projector, objective
-        # monitoring only: trained on detached features, so it never shapes the encoder. The
-        # features are standardised first (BatchNorm without affine): their scale drifts by
-        # orders of magnitude early in training, and plain SGD on the raw features spiked
-        # (cross-entropy 2.3 -> 92 in the first 100 steps of a 10-class run) before settling.
-        self.online_head = nn.Sequential(nn.BatchNorm1d(feat_dim, affine=False),
-                                         nn.Linear(feat_dim, num_classes)) if num_classes else None
+        # monitoring only: trained on detached features, so it never shapes the encoder
+        self.online_head = OnlineHead(feat_dim, num_classes) if num_classes else None
 
     @property
     def l2bn(self) -> Optional[L2BatchNorm]:

@@ -56,7 +56,8 @@ def build_loader(cfg: Config, *, rank: int, world_size: int, device: torch.devic
 def build_augment(cfg: Config, *, rank: int, device: torch.device) -> BatchAugment:
     """Batched colour/blur/solarize augmentations on the device, seeded per rank, in the
     memory format the model wants."""
-    return BatchAugment(cfg.data, seed=cfg.train.seed * 65_536 + rank, device=device)  # TEMP-CHANNELS-LAST
+    return BatchAugment(cfg.data, seed=cfg.train.seed * 65_536 + rank, device=device,
+                        channels_last=cfg.model.channels_last)
 
 
 @dataclass(frozen=True)

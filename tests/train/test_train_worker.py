@@ -88,3 +88,15 @@ def test_a_worker_count_other_than_the_jobs_is_an_error_naming_the_key(tiny_conf
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "error: config key 'dist.num_workers' is 3 but this job has 1 processes" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_online_classifiers_loss_stays_near_its_start_on_a_real_run(tiny_config, small_beton, tmp_path):
+    """The number a user watches: 40 steps on real images (4 epochs of 10), logged every step.
+    Its start is ln(10) = 2.3 for 10 classes; a head on raw features rose past 13 here."""
+    run_dir = tmp_path / "run"
+    proc = run_worker(tiny_config, f"data.train_path={small_beton}", f"train.run_dir={run_dir}", "train.epochs=4",
+                      "train.log_every_steps=1", "train.checkpoint_every_steps=1000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [json.loads(line)["cls_loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 40
+    assert max(losses) < 1.25 * losses[0], losses
