@@ -196,7 +196,7 @@ class EvalConfig:
     probe_lr: float = _f(0.1, "linear probe SGD lr (0.1-0.3)", gt=0.0)
     probe_batch_size: int = _f(256, "linear probe batch size", ge=1)
     probe_weight_decay: float = _f(1e-6, "linear probe weight decay", ge=0.0)
-    knn_k: int = _f(20, "neighbours of the weighted kNN classifier", ge=1)
+    knn_ks: tuple[int, ...] = _f((20, 200), "neighbour counts of the weighted kNN classifier")
     knn_temperature: float = _f(0.07, "kNN similarity temperature", gt=0.0)
 
 
@@ -233,7 +233,10 @@ def _type_name(tp: Any) -> str:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(_type_name(a) for a in args) + " or null"
     if origin is tuple:
-        return "a list of " + str(len(typing.get_args(tp))) + " " + _type_name(typing.get_args(tp)[0])
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return "a non-empty list of " + _type_name(args[0])
+        return "a list of " + str(len(args)) + " " + _type_name(args[0])
     if dataclasses.is_dataclass(tp):
         return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
     return getattr(tp, "__name__", str(tp))
@@ -264,7 +267,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is tuple:
         args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any non-empty length
+            args = (args[0],) * (len(value) if isinstance(value, (list, tuple)) else 0)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args) or not args:
             raise wrong
         return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
@@ -300,7 +305,7 @@ def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
 
 
 # keys that were renamed: the old name is an error that names the new one
-RENAMED_KEYS = {"optim.probe_lr": "optim.online_head_lr"}
+RENAMED_KEYS = {"optim.probe_lr": "optim.online_head_lr", "eval.knn_k": "eval.knn_ks"}
 
 
 def _build(cls: type, values: dict, prefix: str = "") -> Any:
@@ -358,6 +363,8 @@ def to_yaml(cfg: Config) -> str:
 
 
 def _check_cross_field(cfg: Config) -> None:
+    if any(k < 1 for k in cfg.eval.knn_ks):
+        raise ConfigError(f"config key 'eval.knn_ks': {list(cfg.eval.knn_ks)} has a count below 1; accepted: counts >= 1")
     d = cfg.data
     if d.scale_min > d.scale_max:
         raise ConfigError(f"config keys 'data.scale_min' ({d.scale_min}) > 'data.scale_max' ({d.scale_max})")

@@ -15,6 +15,11 @@ import sys
 SUBCOMMANDS = {
     "prepare": "launch.cmd_prepare",
     "train": "launch.cmd_train",
+    "export": "launch.cmd_export",
+    "extract": "launch.cmd_extract",
+    "probe": "launch.cmd_probe",
+    "retrieve": "launch.cmd_retrieve",
+    "report": "launch.cmd_report",
     "demo": "launch.cmd_demo",
 }
 

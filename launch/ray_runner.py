@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterator, Optional
 
 from eigenmap.config import Config, from_dict, to_dict
 
-__all__ = ["run_on_ray", "init_ray", "RayCheckpointStore", "train_loop_per_worker", "CHECKPOINTS_DIR_NAME"]
+__all__ = ["run_on_ray", "init_ray", "embedded_trainer_class", "quiet_ray_train_logs", "RayCheckpointStore",
+           "train_loop_per_worker", "CHECKPOINTS_DIR_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray
     import ray.train
 
-    _quiet_ray_train_logs()
+    quiet_ray_train_logs()
 
     cfg = from_dict(config["cfg"])
     rank = ray.train.get_context().get_world_rank()
@@ -88,7 +89,7 @@ def train_loop_per_worker(config: dict) -> None:
     train(cfg, store=RayCheckpointStore(Path(cfg.train.run_dir)))
 
 
-def _quiet_ray_train_logs() -> None:
+def quiet_ray_train_logs() -> None:
     """Ray Train logs every reported checkpoint from every rank at INFO ("Checkpoint successfully
     created", "Reporting training result ... metrics={...}"); the run's own progress lines and
     log say the same once. Warnings stay."""
@@ -130,7 +131,7 @@ def init_ray(cfg: Config) -> bool:
     return False
 
 
-def _embedded_trainer_class():
+def embedded_trainer_class():
     """``TorchTrainer`` without Ray Train's placement-group cleaner, for the embedded cluster.
 
     The cleaner is a detached actor that removes the run's placement group if the controller
@@ -175,7 +176,7 @@ def run_on_ray(cfg: Config) -> dict[str, Any]:
         embedded = cfg.dist.address is None
         # one machine: the process group listens on loopback like the embedded cluster itself
         torch_config_cls = LoopbackTorchConfig if embedded else TorchConfig
-        trainer = (_embedded_trainer_class() if embedded else TorchTrainer)(
+        trainer = (embedded_trainer_class() if embedded else TorchTrainer)(
             train_loop_per_worker,
             train_loop_config={"cfg": to_dict(cfg)},
             scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=gpus > 0,

@@ -68,14 +68,16 @@ def imagenette_subset(imagenette_dir: Path, tmp_path_factory) -> Path:
     return root
 
 
-def make_small_beton(imagenette_dir: Path, base: Path, per_class: int = 16, max_resolution: int = 40) -> Path:
-    """10 Imagenette classes x ``per_class`` images at most ``max_resolution`` px, written once
-    per session under ``base`` (the session's pytest temp root), whichever test asks first."""
-    out = base / "issue4-data" / "train.beton"
+def make_small_beton(imagenette_dir: Path, base: Path, per_class: int = 16, max_resolution: int = 40,
+                     split: str = "train") -> Path:
+    """10 Imagenette classes x ``per_class`` images of ``split`` at most ``max_resolution`` px,
+    written once per session under ``base`` (the session's pytest temp root), whichever test
+    asks first."""
+    out = base / "issue4-data" / f"{split}.beton"
     if out.is_file() and Path(str(out) + ".json").is_file():
         return out
-    subset = out.parent / "subset"
-    for cls in sorted((imagenette_dir / "train").iterdir()):
+    subset = out.parent / f"subset-{split}"
+    for cls in sorted((imagenette_dir / split).iterdir()):
         (subset / cls.name).mkdir(parents=True, exist_ok=True)
         for f in sorted(cls.iterdir())[:per_class]:
             link = subset / cls.name / f.name
@@ -89,5 +91,11 @@ def make_small_beton(imagenette_dir: Path, base: Path, per_class: int = 16, max_
 
 @pytest.fixture(scope="session")
 def small_beton(imagenette_dir: Path, tmp_path_factory) -> Path:
-    """A small real FFCV file (training and launcher tests share it)."""
+    """A small real FFCV file: 160 training images (training and launcher tests share it)."""
     return make_small_beton(imagenette_dir, tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def small_val_beton(imagenette_dir: Path, tmp_path_factory) -> Path:
+    """80 Imagenette validation images (10 classes x 8), the evaluation tests' held-out set."""
+    return make_small_beton(imagenette_dir, tmp_path_factory.getbasetemp(), per_class=8, split="val")

@@ -1,0 +1,203 @@
+"""Encoder features and eigenfunction codes of a dataset, extracted once and kept on disk.
+
+A feature folder holds
+
+- ``features.npy``: [N, F] float32 encoder outputs (what the linear probe and kNN read);
+- ``codes.npy``: [N, k] float32 eigenfunction outputs with the L2-BatchNorm inference
+  normalisation psi / sqrt(running mean square) (optionally times sqrt(eigenvalue)); other
+  objectives store the raw projector output;
+- ``labels.npy``: [N] int64, in dataset order;
+- ``features.json``: the sidecar (run, weights and their step, dataset file and its size,
+  shapes, device, precision, seconds). It is written last: a folder without it is incomplete.
+
+The arrays are written as they are extracted (``.npy`` memory maps), never held whole in RAM,
+so ImageNet's 1.28 M x 8,192 codes (42 GB) only need the disk. With several workers (each its
+contiguous evaluation shard, see :func:`eigenmap.data.sharding.eval_shard`), each writes its
+own rows of the same files on a filesystem they all see, and the labels come to rank 0 with
+:func:`eigenmap.dist.gather_uneven`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from eigenmap import dist
+from eigenmap.config import Config
+from eigenmap.data import build_eval_loader, read_manifest
+from eigenmap.models import EigenmapModel
+
+__all__ = ["FeatureSet", "FeatureError", "extract_features", "load_features", "feature_folder", "matches", "SIDECAR"]
+
+log = logging.getLogger(__name__)
+
+FEATURES, CODES, LABELS, SIDECAR = "features.npy", "codes.npy", "labels.npy", "features.json"
+
+
+class FeatureError(ValueError):
+    """A feature folder is missing, incomplete, or does not match what was asked for."""
+
+
+@dataclass
+class FeatureSet:
+    """Arrays of one dataset through one model (read-only memory maps) and their sidecar."""
+
+    folder: Path
+    features: np.ndarray  # [N, F] float32
+    codes: np.ndarray  # [N, k] float32
+    labels: np.ndarray  # [N] int64
+    meta: dict
+
+
+def feature_folder(run_dir: Union[str, Path], data_path: Union[str, Path], *, scale_by_eigenvalue: bool = False) -> Path:
+    """Where a run keeps the arrays of one dataset: ``RUN/eval/features/<file stem>[-eigscaled]``."""
+    stem = Path(data_path).name.removesuffix(".beton")
+    return Path(run_dir) / "eval" / "features" / (stem + ("-eigscaled" if scale_by_eigenvalue else ""))
+
+
+def load_features(folder: Union[str, Path]) -> FeatureSet:
+    """A complete feature folder as read-only memory maps.
+
+    Raises:
+        FeatureError: the folder or its sidecar is missing (an interrupted extraction), or the
+            arrays disagree with the sidecar.
+    """
+    folder = Path(folder)
+    sidecar = folder / SIDECAR
+    if not sidecar.is_file():
+        raise FeatureError(f"'{folder}' is not a complete feature folder (no {SIDECAR}); extract the arrays "
+                           "with `eigenmap extract RUN DATA.beton`")
+    meta = json.loads(sidecar.read_text())
+    arrays = {}
+    for name, file in (("features", FEATURES), ("codes", CODES), ("labels", LABELS)):
+        try:
+            arrays[name] = np.load(folder / file, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise FeatureError(f"'{folder / file}' is unreadable ({e}); extract the arrays again") from None
+        if list(arrays[name].shape) != meta["shapes"][name]:
+            raise FeatureError(f"'{folder / file}' has shape {list(arrays[name].shape)} but {SIDECAR} says "
+                               f"{meta['shapes'][name]}; extract the arrays again")
+    return FeatureSet(folder, arrays["features"], arrays["codes"], arrays["labels"], meta)
+
+
+def _dataset_identity(data_path: Path) -> dict:
+    stat = data_path.stat()
+    return {"path": str(data_path), "bytes": stat.st_size, "mtime": stat.st_mtime}
+
+
+def _weights_identity(weights: Path) -> dict:
+    stat = weights.stat()
+    return {"path": str(weights), "bytes": stat.st_size, "mtime": stat.st_mtime}
+
+
+def matches(meta: dict, *, data_path: Path, weights: Path, scale_by_eigenvalue: bool, resolution: int) -> bool:
+    """Whether a sidecar describes these weights on this dataset file, as asked."""
+    return (meta.get("dataset", {}).get("bytes") == _dataset_identity(data_path)["bytes"]
+            and meta.get("dataset", {}).get("mtime") == _dataset_identity(data_path)["mtime"]
+            and meta.get("weights") == _weights_identity(weights)
+            and meta.get("scale_by_eigenvalue") == scale_by_eigenvalue
+            and meta.get("resolution") == resolution)
+
+
+@torch.no_grad()
+def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Path], folder: Union[str, Path], *,
+                     weights: Union[str, Path], step: Optional[int], batch_size: int = 256,
+                     device: Union[str, torch.device] = "cpu", scale_by_eigenvalue: bool = False,
+                     progress: bool = True) -> Optional[FeatureSet]:
+    """Run the evaluation pipeline (resize, centre crop, normalise) of ``data_path`` through
+    ``model`` and write a feature folder. Collective when a process group exists: every rank
+    extracts its shard; rank 0 returns the :class:`FeatureSet`, the others None.
+
+    Args:
+        model: the trained model, in eval mode, on ``device``.
+        cfg: the run's resolved config (``data.resolution``, ``eval_resize``, normalisation,
+            ``loader_workers``).
+        data_path: a ``.beton`` written by ``eigenmap prepare``.
+        folder: where the arrays go (replaced when complete; an old folder stays valid until then).
+        weights, step: recorded in the sidecar (what the arrays came from).
+        batch_size: images per forward pass.
+        device: bf16 autocast on CUDA, fp32 on the CPU.
+        scale_by_eigenvalue: codes times sqrt(max(eigenvalue, 0)) (NeuralEF models).
+        progress: a progress bar on rank 0.
+
+    Returns:
+        The :class:`FeatureSet` on rank 0, None elsewhere.
+    """
+    device = torch.device(device)
+    data_path, folder = Path(data_path).resolve(), Path(folder)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    manifest = read_manifest(data_path)
+    loader = build_eval_loader(cfg.data, data_path, batch_size=batch_size, rank=rank, world_size=world, device=device)
+    n, feat_dim, k = loader.num_samples, model.feat_dim, cfg.model.projector_out_dim
+    # rank 0 names the temporary folder; every rank writes its own rows of the same files there
+    tmp = Path(dist.broadcast_object(str(folder.with_name(f".{folder.name}.partial-{os.getpid()}"))))
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, width in ((FEATURES, feat_dim), (CODES, k)):
+            np.lib.format.open_memmap(tmp / name, mode="w+", dtype=np.float32, shape=(n, width)).flush()
+    dist.barrier()
+    features = np.load(tmp / FEATURES, mmap_mode="r+")
+    codes = np.load(tmp / CODES, mmap_mode="r+")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+    row = int(loader.indices[0]) if len(loader.indices) else 0
+    labels = []
+    started = time.perf_counter()
+    bar = _progress(len(loader), f"features {data_path.name}") if progress and rank == 0 else None
+    for images, batch_labels in loader:
+        with autocast:
+            feats = model.backbone(images)
+            z = model.projector(feats)
+        z = z.float()
+        c = model.l2bn.inference(z, scale_by_eigenvalue) if model.l2bn is not None else z
+        rows = slice(row, row + len(images))
+        features[rows] = feats.float().cpu().numpy()
+        codes[rows] = c.cpu().numpy()
+        labels.append(batch_labels.cpu())
+        row += len(images)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    features.flush()
+    codes.flush()
+    del features, codes
+    mine = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
+    all_labels = dist.gather_uneven(mine.to(device) if device.type == "cuda" else mine).cpu()
+    dist.barrier()
+    seconds = time.perf_counter() - started  # every shard done
+    if rank != 0:
+        return None
+    np.save(tmp / LABELS, all_labels.numpy().astype(np.int64))
+    meta = {
+        "format_version": 1, "weights": _weights_identity(Path(weights)), "step": step,
+        "dataset": {**_dataset_identity(data_path), "num_images": n, "classes": manifest["classes"]},
+        "scale_by_eigenvalue": scale_by_eigenvalue, "resolution": cfg.data.resolution,
+        "eval_resize": cfg.data.eval_resize, "arch": cfg.model.arch, "loss": cfg.loss.name,
+        "shapes": {"features": [n, feat_dim], "codes": [n, k], "labels": [n]}, "dtype": "float32",
+        "device": str(device), "precision": "bf16" if device.type == "cuda" else "fp32", "workers": world,
+        "seconds": seconds, "images_per_second": n / seconds if seconds > 0 else None,
+    }
+    (tmp / SIDECAR).write_text(json.dumps(meta, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    log.info("extracted %d images of %s in %.1f s (%.0f images/s): %s", n, data_path.name, seconds,
+             n / max(seconds, 1e-9), folder)
+    return load_features(folder)
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, mininterval=1.0)

@@ -1,0 +1,65 @@
+"""Weighted kNN: the same predictions as a brute-force loop, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from eigenmap.eval.knn import knn_predict, knn_top1
+
+
+def _brute_force(train_x, train_y, test_x, k, temperature, num_classes):
+    preds = []
+    for q in test_x:
+        sims = [float(np.dot(q, x) / (np.linalg.norm(q) * np.linalg.norm(x))) for x in train_x]
+        nearest = sorted(range(len(sims)), key=lambda i: -sims[i])[:k]
+        votes = [0.0] * num_classes
+        for i in nearest:
+            votes[int(train_y[i])] += math.exp(sims[i] / temperature)
+        preds.append(max(range(num_classes), key=lambda c: (votes[c], -c)))
+    return np.array(preds)
+
+
+def test_knn_matches_a_brute_force_loop_for_every_k():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8))
+    train_y = rng.integers(0, 4, size=120)
+    train_x = centres[train_y] + rng.normal(scale=1.5, size=(120, 8))
+    test_y = rng.integers(0, 4, size=40)
+    test_x = centres[test_y] + rng.normal(scale=1.5, size=(40, 8))
+    preds = knn_predict(train_x, train_y, test_x, ks=[1, 5, 20, 120], temperature=0.07, num_classes=4, chunk_size=7)
+    for k, got in preds.items():
+        assert np.array_equal(got.numpy(), _brute_force(train_x, train_y, test_x, k, 0.07, 4)), k
+
+
+def test_knn_top1_is_the_share_of_correct_predictions_in_percent():
+    train_x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    train_y = np.array([0, 0, 1, 1])
+    test_x = np.array([[1.0, 0.05], [0.05, 1.0], [0.8, 0.2]])
+    test_y = np.array([0, 1, 1])  # the third is misclassified by its neighbours
+    acc = knn_top1(train_x, train_y, test_x, test_y, ks=(1, 2, 200), num_classes=2)
+    assert acc[1] == pytest.approx(200 / 3) and acc[2] == pytest.approx(200 / 3)
+    assert set(acc) == {1, 2, 200}  # k above the training set's size is capped, reported as asked
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"test_x": np.ones((2, 3))}, "one width"),
+    ({"train_x": np.zeros((0, 2)), "train_y": np.zeros(0)}, "non-empty"),
+    ({"ks": [0]}, r"outside \[1, 4\]"),
+    ({"test_x": np.array([[np.nan, 1.0]])}, "NaN or inf"),
+    ({"train_y": np.zeros(3)}, "one label per training row"),
+])
+def test_bad_knn_input_is_named(kwargs, message):
+    args = {"train_x": np.eye(2).repeat(2, axis=0), "train_y": np.array([0, 0, 1, 1]),
+            "test_x": np.eye(2), "ks": [1]}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        knn_predict(args["train_x"], args["train_y"], args["test_x"], ks=args["ks"])
+
+
+def test_knn_accepts_torch_tensors():
+    x = torch.eye(3)
+    assert knn_predict(x, torch.tensor([0, 1, 2]), x, ks=[1])[1].tolist() == [0, 1, 2]
