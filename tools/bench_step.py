@@ -1,12 +1,19 @@
 """Training-step throughput: a bare PyTorch loop against the real worker loop (DeepSpeed, Ray).
 
-The same model, batch and synthetic data (random uint8 pairs made on the device, batched
-augmentations included) go through:
+The same model, batch and data go through:
 
-  bare       one process, plain PyTorch: augment -> forward (both views) -> backward -> step
-  deepspeed  the worker loop ``eigenmap.train.worker.train`` as one plain process (no Ray)
-  ray        ``eigenmap train`` (Ray TorchTrainer) with 1 worker x T threads        [--device cpu]
-  ray_2x1    the same with 2 workers x 1 thread (same global batch)                 [--device cpu]
+  bare        one process, plain PyTorch: augment -> forward (both views) -> backward -> step,
+              the worker's own step function (``eigenmap.train.step.train_step``) on a bare
+              model and optimiser
+  deepspeed   the worker loop ``eigenmap.train.worker.train`` as one plain process (no Ray)
+  ray         ``eigenmap train`` (Ray TorchTrainer) with 1 worker x T threads        [--device cpu]
+  ray_2x1     the same with 2 workers x 1 thread (same global batch)                 [--device cpu]
+
+Data: synthetic by default (random uint8 pairs made on the device, batched augmentations
+included). With ``--data PATH`` (a .beton, or an ImageFolder written to one first) the worker
+loops read the real file, and the reference is ``model_step`` instead of ``bare``: the model
+step alone (forward, backward, LARS) on one pre-augmented batch, so the ratio is what the
+loader, the augmentation and the engine cost.
 
 Rates are source images per second (each image gives two views: "image pairs/s"): the
 median over windows of ``--window`` steps after ``--warmup`` steps; the worker's windows
@@ -27,6 +34,10 @@ CPU (this project's machines)::
 One GPU, plain process, torch only (Ray not needed; DeepSpeed used if importable)::
 
     python tools/bench_step.py --device cuda --arch resnet50 --resolution 224 --synthetic --json out.json
+
+The worker loop on real data against the model step alone (CPU)::
+
+    DS_ACCELERATOR=cpu .venv/bin/python tools/bench_step.py --data ../shared/data/imagenette2-96/train --json F
 """
 
 from __future__ import annotations
@@ -60,12 +71,12 @@ def bench_config(args: argparse.Namespace, run_dir: Path) -> Config:
                   "projector_hidden_dim": args.projector_dim, "projector_out_dim": args.projector_dim,
                   "num_classes": 1000},
         "optim": {"name": "lars", "warmup_epochs": 0.0},
-        "data": {"train_path": "synthetic", "resolution": args.resolution,
+        "data": {"train_path": str(args.data) if args.data else "synthetic", "resolution": args.resolution,
                  "eval_resize": max(args.resolution, 256 if args.resolution >= 224 else args.resolution),
                  "batch_size_per_worker": args.batch, "synthetic_images": args.batch * (steps + 1) * 2},
         "dist": {"num_workers": 1, "cpus_per_worker": args.threads, "gpus_per_worker": 1.0 if cuda else 0.0,
                  "zero_stage": 0, "precision": args.precision, "compile": args.compile, "max_failures": 0},
-        "train": {"run_dir": str(run_dir), "epochs": 1, "max_steps": steps, "log_every_steps": args.window,
+        "train": {"run_dir": str(run_dir), "epochs": args.epochs, "max_steps": steps, "log_every_steps": args.window,
                   "checkpoint_every_steps": 10**9, "keep_checkpoints": 1, "progress_bar": False,
                   "tensorboard": False, "seed": 0},
     }
@@ -83,8 +94,11 @@ def _rate_figures(window_rates: list[float]) -> dict:
     return {"images_per_sec": median, "window_rates": window_rates}
 
 
-def bare_loop(cfg: Config, args: argparse.Namespace) -> dict:
-    """The worker's step with nothing around it: no DeepSpeed, no process group, no logger."""
+def bare_loop(cfg: Config, args: argparse.Namespace, pre_augmented: bool = False) -> dict:
+    """The worker's step with nothing around it: no DeepSpeed, no process group, no logger.
+
+    ``pre_augmented``: the model step alone, on one batch loaded and augmented before timing.
+    """
     from eigenmap.models import build_model
     from eigenmap.train.engine import PlainEngine, precision_of
     from eigenmap.train.optim import build_optimizer
@@ -104,9 +118,16 @@ def bare_loop(cfg: Config, args: argparse.Namespace) -> dict:
     batch = cfg.data.batch_size_per_worker
     it = iter(loader)
     t0 = None
-    for step in range(args.warmup + args.steps):
+    fixed = None
+    if pre_augmented:
         v1, v2, labels = next(it)
-        out = train_step(engine, *augment(v1, v2), labels)
+        fixed = (*augment(v1, v2), labels)
+    for step in range(args.warmup + args.steps):
+        if fixed is None:
+            v1, v2, labels = next(it)
+            out = train_step(engine, *augment(v1, v2), labels)
+        else:
+            out = train_step(engine, *fixed)
         if step + 1 == args.warmup:
             _sync(device)
             t0 = time.perf_counter()
@@ -260,7 +281,8 @@ def measure_rounds(args: argparse.Namespace, tmp: Path) -> dict:
     """
     cuda = args.device == "cuda"
     with_ray = not cuda and not args.no_ray
-    runs: dict[str, list[dict]] = {"bare": []}
+    reference = reference_kind(args)
+    runs: dict[str, list[dict]] = {reference: []}
 
     def record(kind: str, result: dict) -> None:
         runs.setdefault(kind, []).append(result)
@@ -269,7 +291,7 @@ def measure_rounds(args: argparse.Namespace, tmp: Path) -> dict:
         print(f"{kind} run {len(runs[kind])}: " +
               (f"{rate:.1f} images/s" if rate is not None else f"NOT MEASURED ({why})"), flush=True)
 
-    record("bare", bare_loop(bench_config(args, tmp / "bare0"), args))
+    record(reference, bare_loop(bench_config(args, tmp / "bare0"), args, pre_augmented=bool(args.data)))
     for r in range(args.rounds):
         cfg = bench_config(args, tmp / f"round{r}")
         if cuda:
@@ -279,31 +301,36 @@ def measure_rounds(args: argparse.Namespace, tmp: Path) -> dict:
             record(f"ray_1x{args.threads}", ray_loop(cfg, args, 1, args.threads))
             if args.threads >= 2 and args.batch % 2 == 0:
                 record("ray_2x1", ray_loop(cfg, args, 2, 1))
-        if not cuda:  # the bare loop after each round: the reference drifts with the machine
-            record("bare", bare_loop(bench_config(args, tmp / f"bare{r + 1}"), args))
+        if not cuda:  # the reference after each round: it drifts with the machine
+            record(reference, bare_loop(bench_config(args, tmp / f"bare{r + 1}"), args, pre_augmented=bool(args.data)))
     return runs
 
 
-def round_ratios(runs: dict[str, list[dict]], threads: int) -> dict[str, list[float]]:
-    """Per-round throughput ratios (median-window rates), against that round's bare reference."""
-    bare = [r["images_per_sec"] for r in runs["bare"]]
-    rounds = max((len(v) for k, v in runs.items() if k != "bare"), default=0)
+def reference_kind(args: argparse.Namespace) -> str:
+    """What the ratios divide by: the bare loop, or with ``--data`` the model step alone."""
+    return "model_step" if args.data else "bare"
+
+
+def round_ratios(runs: dict[str, list[dict]], threads: int, reference: str = "bare") -> dict[str, list[float]]:
+    """Per-round throughput ratios (median-window rates), against that round's reference runs."""
+    ref = [r["images_per_sec"] for r in runs[reference]]
+    rounds = max((len(v) for k, v in runs.items() if k != reference), default=0)
     ratios: dict[str, list[float]] = {}
     for i in range(rounds):
-        reference = (bare[i] + bare[i + 1]) / 2 if i + 1 < len(bare) else bare[i]
-        rate = {k: v[i].get("images_per_sec") for k, v in runs.items() if k != "bare" and i < len(v)}
-        pairs = {"deepspeed_over_bare": (rate.get("deepspeed"), reference),
-                 "ray_deepspeed_over_bare": (rate.get(f"ray_1x{threads}"), reference),
+        den = (ref[i] + ref[i + 1]) / 2 if i + 1 < len(ref) else ref[i]
+        rate = {k: v[i].get("images_per_sec") for k, v in runs.items() if k != reference and i < len(v)}
+        pairs = {f"deepspeed_over_{reference}": (rate.get("deepspeed"), den),
+                 f"ray_deepspeed_over_{reference}": (rate.get(f"ray_1x{threads}"), den),
                  f"ray_2x1_over_1x{threads}": (rate.get("ray_2x1"), rate.get(f"ray_1x{threads}"))}
-        for name, (num, den) in pairs.items():
-            if num is not None and den:
-                ratios.setdefault(name, []).append(num / den)
+        for name, (num, d) in pairs.items():
+            if num is not None and d:
+                ratios.setdefault(name, []).append(num / d)
     return ratios
 
 
 def gpu_figures(args: argparse.Namespace, runs: dict[str, list[dict]]) -> dict:
     """Pairs/s per GPU and the step's fraction of the dense bf16 matmul rate measured now."""
-    bare = runs["bare"][0]
+    bare = runs[reference_kind(args)][0]
     flops = bare["flops_per_step"]
     peak = matmul_peak(torch.device("cuda"), torch.bfloat16, 8192)
     rate = bare["images_per_sec"]
@@ -317,7 +344,8 @@ def gpu_figures(args: argparse.Namespace, runs: dict[str, list[dict]]) -> dict:
     return figures
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments with the device's defaults filled in (checked; no device is touched)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
@@ -327,27 +355,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--projector-dim", type=int, default=None, help="d = k (default 512 CPU, 8192 CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="steps before timing (default 6 CPU, 20 CUDA)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per run (default 24 CPU, 60 CUDA)")
-    p.add_argument("--window", type=int, default=3, help="steps per timing window")
+    p.add_argument("--window", type=int, default=None, help="steps per timing window (default 3 CPU, 5 CUDA)")
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved rounds; ratios are the median over rounds (default 3 CPU, 1 CUDA)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the 1-worker runs (default: all cores)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
-    p.add_argument("--synthetic", action="store_true", help="accepted for clarity: data is always synthetic")
+    p.add_argument("--synthetic", action="store_true", help="random data made on the device (the default)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="real data: a .beton, or an ImageFolder (written to a .beton first); the reference "
+                        "becomes the model step alone on a pre-augmented batch")
     p.add_argument("--no-ray", action="store_true", help="skip the Ray runs (they need the ray package)")
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        p.error("--device cuda but torch sees no CUDA device")
+    if args.synthetic and args.data:
+        p.error("--synthetic and --data exclude each other")
+    if args.data is not None and not args.data.exists():
+        p.error(f"--data '{args.data}' does not exist; pass a .beton or an ImageFolder tree")
     args.batch = args.batch or (256 if cuda else 64)
     args.projector_dim = args.projector_dim or (8192 if cuda else 512)
     args.warmup = args.warmup if args.warmup is not None else (20 if cuda else 6)
     args.steps = args.steps if args.steps is not None else (60 if cuda else 24)
+    args.window = args.window or (5 if cuda else 3)
     args.rounds = args.rounds or (1 if cuda else 3)
     args.threads = args.threads or (os.cpu_count() or 1)
+    args.epochs = 1
     if args.steps % args.window or args.warmup % args.window:
-        p.error("--steps and --warmup must be multiples of --window")
+        p.error(f"--steps ({args.steps}) and --warmup ({args.warmup}) must be multiples of --window ({args.window})")
+    return args
+
+
+def _real_data(args: argparse.Namespace, tmp: Path) -> None:
+    """--data as a .beton (an ImageFolder is written to one), with enough epochs for the steps."""
+    from eigenmap.data import read_manifest, steps_per_epoch, write_beton
+
+    if args.data.is_dir():
+        beton = tmp / "data.beton"
+        write_beton(args.data, beton, workers=os.cpu_count() or 1)
+        args.data = beton
+    per_epoch = steps_per_epoch(read_manifest(args.data)["num_images"], world_size=1, batch_size=args.batch)
+    if per_epoch == 0:
+        raise SystemExit(f"--data '{args.data}' has fewer images than one batch of {args.batch}")
+    args.epochs = -(-(args.warmup + args.steps + 1) // per_epoch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no CUDA device")
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         torch.set_num_threads(args.threads)
@@ -356,10 +413,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
 
     results: dict = {"device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
-                     "torch": torch.__version__, "args": vars(args)}
+                     "torch": torch.__version__, "args": {k: str(v) if isinstance(v, Path) else v
+                                                          for k, v in vars(args).items()},
+                     "reference": reference_kind(args)}
     with tempfile.TemporaryDirectory(prefix="bench_step-") as tmp:
+        if args.data:
+            _real_data(args, Path(tmp))
         runs = measure_rounds(args, Path(tmp))
-    per_round = round_ratios(runs, args.threads)
+    per_round = round_ratios(runs, args.threads, reference_kind(args))
     results.update(runs=runs, ratios_per_round=per_round,
                    ratios={name: statistics.median(v) for name, v in per_round.items()})
     if cuda:

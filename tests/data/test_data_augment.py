@@ -1,16 +1,20 @@
-"""BatchAugment: torchvision's maths per sample, the recipe's probabilities per view, seeding."""
+"""BatchAugment: torchvision's maths per sample, the recipe's probabilities per view, seeding,
+and equality with the implementation it replaced (``tools/augment_reference.py``, verbatim)."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
 from eigenmap.config import DataConfig, ViewAugmentConfig
 from eigenmap.data import BatchAugment
-from eigenmap.data.augment import _color_jitter
+from eigenmap.data.augment import _blur_conv, _blur_taps, _color_jitter, gaussian_kernels
 
 RES = 32
 N = 4000  # samples per statistic: the standard error of a proportion is at most 0.008
@@ -151,3 +155,122 @@ def test_views_are_augmented_independently():
     out1, out2 = BatchAugment(cfg, seed=0, device="cpu")(x, x)
     assert not torch.equal(out1, out2)
     assert np.isfinite(out1.numpy()).all() and np.isfinite(out2.numpy()).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Equality with the implementation this one replaced: same draws, same outputs up to float
+# round-off (after normalisation), same generator position
+# --------------------------------------------------------------------------------------------
+
+REFERENCE = Path(__file__).resolve().parents[2] / "tools" / "augment_reference.py"
+MAX_DIFF = 1e-5  # after normalisation (x / std multiplies pixel round-off by up to 4.4)
+
+
+def _reference():
+    spec = importlib.util.spec_from_file_location("augment_reference", REFERENCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _recipe(name: str, res: int) -> DataConfig:
+    """``paper``: the defaults; ``mixed``: every step at probability 0.5 on both views (blur on
+    some samples, off on others, solarised view 1); ``off``: view 1 untouched, view 2 jitter only."""
+    cfg = DataConfig(resolution=res)
+    if name == "mixed":
+        half = dict(color_jitter_prob=0.5, grayscale_prob=0.5, blur_prob=0.5, solarize_prob=0.5)
+        return dataclasses.replace(cfg, view1=dataclasses.replace(cfg.view1, **half),
+                                   view2=dataclasses.replace(cfg.view2, **half, blur_sigma_max=3.0))
+    if name == "off":
+        return dataclasses.replace(cfg, view1=_only(cfg.view1, "color_jitter_prob", color_jitter_prob=0.0),
+                                   view2=_only(cfg.view2, "color_jitter_prob", color_jitter_prob=1.0))
+    return cfg
+
+
+def _loader_views(batch: int, res: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two uint8 views laid out as the FFCV loader hands them out: channels-last strided views
+    into one ``[B, 2, H, W, 3]`` buffer."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 2, res, res, 3), dtype=torch.uint8, generator=g)
+    return images[:, 0].permute(0, 3, 1, 2), images[:, 1].permute(0, 3, 1, 2)
+
+
+def _assert_same_as_reference(recipe: str, seed: int, batch: int, res: int, calls: int = 2, **kwargs) -> None:
+    cfg = _recipe(recipe, res)
+    old = _reference().BatchAugment(cfg, seed=seed, device="cpu")
+    new = BatchAugment(cfg, seed=seed, device="cpu", **kwargs)
+    for call in range(calls):
+        views = _loader_views(batch, res, seed=100 * seed + call)
+        for view, (want, got) in enumerate(zip(old(*views), new(*views))):
+            assert got.shape == want.shape and got.dtype == torch.float32
+            diff = (got - want).abs().max().item()
+            assert diff <= MAX_DIFF, f"view {view + 1}, call {call}: max |new - old| = {diff:.2e}"
+        assert torch.equal(new.generator.get_state(), old.generator.get_state()), f"generator apart after call {call}"
+
+
+@pytest.mark.parametrize("recipe,seed,batch,res", [
+    ("paper", 0, 1, 32), ("mixed", 1, 16, 32), ("off", 2, 3, 32),
+    ("paper", 3, 16, 64), ("mixed", 4, 5, 64), ("off", 5, 1, 64),
+    ("paper", 6, 4, 224), ("mixed", 7, 1, 224),
+])
+def test_equals_the_replaced_implementation(recipe, seed, batch, res):
+    _assert_same_as_reference(recipe, seed, batch, res)
+
+
+def test_equals_the_replaced_implementation_over_many_samples():
+    """The largest round-off differences are rare (one ulp of the hue step flipping): look for them
+    over 1,500 images per view."""
+    _assert_same_as_reference("mixed", seed=8, batch=256, res=32, calls=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe,batch,res", [("paper", 64, 32), ("mixed", 3, 64)])
+def test_compiled_path_equals_the_replaced_implementation(recipe, batch, res):
+    """``compile=True`` (the CUDA default), here with the CPU compiler: fused passes, the blur as
+    a stencil; each shape compiles once (about a minute on two cores)."""
+    _assert_same_as_reference(recipe, seed=9, batch=batch, res=res, compile=True)
+
+
+def test_blur_stencil_equals_blur_convolution():
+    """The compiled path blurs with :func:`_blur_taps`; eagerly it must match the convolution."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 20, 20, generator=g)
+    kernels = gaussian_kernels(0.3 + 2.0 * torch.rand(5, generator=g), radius=6)
+    kernels[1] = 0.0
+    kernels[1, 6] = 1.0  # a unit impulse: blur off
+    conv, taps = _blur_conv(x, kernels, 6), _blur_taps(x, kernels, 6)
+    torch.testing.assert_close(taps, conv, atol=1e-6, rtol=0)
+    torch.testing.assert_close(taps[1], x[1], atol=1e-7, rtol=0)
+    assert (conv[0] - x[0]).abs().max() > 0.05  # the others are really blurred
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_output_memory_format_follows_channels_last(channels_last):
+    cfg = DataConfig(resolution=RES)
+    views = _loader_views(4, RES, seed=0)
+    nchw = BatchAugment(cfg, seed=0, device="cpu", channels_last=False)(*views)
+    out = BatchAugment(cfg, seed=0, device="cpu", channels_last=channels_last)(*views)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for got, want in zip(out, nchw):
+        assert got.is_contiguous(memory_format=fmt)
+        assert torch.equal(got, want)  # the layout changes, not the values
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_cuda_equals_the_replaced_implementation_without_host_syncs(compile):
+    cfg = _recipe("mixed", 64)
+    old = _reference().BatchAugment(cfg, seed=3, device="cuda")
+    new = BatchAugment(cfg, seed=3, device="cuda", compile=compile)
+    views = [v.cuda() for v in _loader_views(32, 64, seed=0)]
+    old(*views), new(*views)  # warm-up: compilation, library handles (the generators stay in step)
+    torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation raises
+    try:
+        got = new(*views)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for view, (want, out) in enumerate(zip(old(*views), got)):
+        diff = (out - want).abs().max().item()
+        assert diff <= MAX_DIFF, f"view {view + 1}: max |new - old| = {diff:.2e}"
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(new.generator.get_state(), old.generator.get_state())

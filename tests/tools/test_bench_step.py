@@ -81,3 +81,35 @@ def test_bench_step_runs_bare_deepspeed_and_both_ray_layouts_and_writes_their_ra
                 "ray_2x1_over_1x2": data["runs"]["ray_2x1"][0]["images_per_sec"] / ray_run["images_per_sec"]}
     assert data["ratios"] == pytest.approx(expected)
     assert "ray_deepspeed_over_bare" in done.stdout
+
+
+def test_the_cuda_defaults_parse_on_a_machine_without_a_gpu():
+    """The CUDA defaults (20 warm-up and 60 timed steps) must fit the timing window: with a
+    window of 3 they failed the script's own multiple-of-window check, so the GPU check exited."""
+    bench = _load_bench()
+    args = bench.parse_arguments(["--device", "cuda", "--arch", "resnet50", "--resolution", "224", "--synthetic"])
+    assert (args.batch, args.projector_dim, args.rounds) == (256, 8192, 1)
+    assert args.warmup % args.window == 0 and args.steps % args.window == 0
+    cpu = bench.parse_arguments([])
+    assert cpu.warmup % cpu.window == 0 and cpu.steps % cpu.window == 0
+    with pytest.raises(SystemExit):
+        bench.parse_arguments(["--steps", "10", "--window", "3"])
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_bench_step_on_real_data_reports_the_worker_loop_over_the_model_step(small_beton, tmp_path):
+    figures = tmp_path / "bench.json"
+    cmd = [sys.executable, str(BENCH), "--data", str(small_beton), "--arch", "resnet18", "--resolution", "32",
+           "--batch", "16", "--projector-dim", "64", "--warmup", "3", "--steps", "6", "--window", "3",
+           "--rounds", "1", "--threads", "2", "--no-ray", "--json", str(figures)]
+    done = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True,
+                          text=True, timeout=420)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(figures.read_text())
+    assert data["reference"] == "model_step" and set(data["runs"]) == {"model_step", "deepspeed"}
+    model_step = sum(r["images_per_sec"] for r in data["runs"]["model_step"]) / 2
+    worker = data["runs"]["deepspeed"][0]
+    assert worker["status"] == "finished" and worker["images_per_sec"] > 0
+    assert data["ratios"]["deepspeed_over_model_step"] == pytest.approx(worker["images_per_sec"] / model_step)
+    assert "deepspeed_over_model_step" in done.stdout

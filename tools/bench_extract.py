@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""Feature extraction against the encoder's forward rate: does the loader keep up?
+
+Two rates, measured in turns in one run (``--rounds`` each, median):
+
+  forward     the model's evaluation forward (encoder + projector + L2-BatchNorm inference) on
+              batches already decoded and in memory: the ceiling;
+  extraction  ``eigenmap.eval.features.extract_features`` end to end: FFCV decode, resize and
+              centre crop, normalisation, the same forward, and the writes into memory-mapped
+              ``.npy`` files.
+
+The ratio extraction / forward is what the loader and the writes cost (target >= 0.9 on CPU).
+The model is a freshly initialised one of ``--config`` (weights do not change the speed).
+
+Run: ``python tools/bench_extract.py --json F`` (defaults: ``../shared/data/imagenette2-96/val``,
+``configs/imagenette_resnet18.yaml``: ResNet-18, 64 px, all CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+
+def _default_data() -> Path:
+    base = Path(os.environ.get("EIGENMAP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    return base / "imagenette2-96" / "val"
+
+
+def forward_rate(model, batches: list[torch.Tensor]) -> float:
+    """Images/s of the evaluation forward over decoded batches held in memory."""
+    n = sum(len(b) for b in batches)
+    with torch.no_grad():
+        model.codes(batches[0])  # warm-up: oneDNN picks its kernels
+        started = time.perf_counter()
+        for x in batches:
+            model.codes(x)
+    return n / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=_default_data(), help="ImageFolder or .beton (default: Imagenette val)")
+    p.add_argument("--config", type=Path, default=ROOT / "configs" / "imagenette_resnet18.yaml")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    p.add_argument("--loader-workers", type=int, default=1, help="FFCV decoding threads (data.loader_workers)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--max-images", type=int, default=None, help="use the first N images of --data only")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = p.parse_args(argv)
+    if not args.data.exists():
+        p.error(f"--data '{args.data}' does not exist; pass an ImageFolder tree or a .beton")
+
+    from eigenmap.config import load_config
+    from eigenmap.data import build_eval_loader, write_beton
+    from eigenmap.eval.features import extract_features
+    from eigenmap.models import build_model
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, [f"data.loader_workers={args.loader_workers}"])
+    with tempfile.TemporaryDirectory(prefix="bench_extract-") as tmp:
+        tmp = Path(tmp)
+        beton = args.data
+        if args.data.is_dir():
+            beton = tmp / "data.beton"
+            write_beton(args.data, beton, workers=os.cpu_count() or 1)
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        if cfg.model.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        weights = tmp / "model.pt"
+        torch.save(model.state_dict(), weights)
+        loader = build_eval_loader(cfg.data, beton, batch_size=args.batch_size)
+        batches = [x.clone() for x, _ in loader]
+        if args.max_images:
+            batches = [b for i, b in enumerate(batches) if i * args.batch_size < args.max_images]
+        images = sum(len(b) for b in batches)
+        rates: dict[str, list[float]] = {"forward": [], "extraction": []}
+        for r in range(args.rounds):
+            rates["forward"].append(forward_rate(model, batches))
+            arrays = extract_features(model, cfg, beton, tmp / f"features{r}", weights=weights, step=None,
+                                      batch_size=args.batch_size, progress=False)
+            rates["extraction"].append(arrays.meta["images_per_second"])
+            print(f"round {r + 1}: forward {rates['forward'][-1]:.0f} images/s, extraction "
+                  f"{rates['extraction'][-1]:.0f} images/s", flush=True)
+    ratios = [e / f for e, f in zip(rates["extraction"], rates["forward"])]
+    figures = {
+        "data": str(args.data), "config": str(args.config), "arch": cfg.model.arch, "resolution": cfg.data.resolution,
+        "batch_size": args.batch_size, "threads": args.threads, "loader_workers": args.loader_workers,
+        "images_forward": images, "device": "cpu", "torch": torch.__version__,
+        "forward_images_per_second": rates["forward"], "extraction_images_per_second": rates["extraction"],
+        "ratio_per_round": ratios, "ratio": statistics.median(ratios),
+    }
+    print(f"extraction / forward: {figures['ratio']:.3f} (median of {args.rounds} rounds: "
+          f"{', '.join(f'{r:.3f}' for r in ratios)})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
