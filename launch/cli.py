@@ -50,6 +50,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # FAISS logs each instruction-set variant it could not load (AVX-512, AVX2...) at INFO
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     args = build_parser(argv).parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -1,21 +1,26 @@
-"""``eigenmap demo``: the main job end to end on data that every machine can install.
+"""``eigenmap demo``: the main job end to end, on data every machine can install.
 
-1. ``eigenmap prepare`` writes Fashion-MNIST (Debian's ``dataset-fashion-mnist``, installed by
-   ``make setup``) to an FFCV file, once;
-2. ``eigenmap train configs/demo.yaml`` trains a ResNet-18 with the NeuralEF loss on an embedded
-   local Ray cluster of two DeepSpeed workers (checkpoints, TensorBoard, exported encoder);
-3. the run's figures are printed: the objective (loss + alpha * reg) at its first and last log
-   step, the throughput, and the leading eigenvalue estimates.
+1. Data: Fashion-MNIST (Debian's ``dataset-fashion-mnist``, which ``make setup`` installs): its
+   train and test sets become FFCV files. ``--data IMAGEFOLDER`` takes any ImageFolder tree
+   instead: ``train/`` and ``val/`` when it has them, else one folder split by a seeded holdout
+   (``--holdout``, a fraction of every class; the report states it).
+2. Training: ``eigenmap train configs/demo.yaml`` on an embedded Ray cluster: two DeepSpeed
+   workers on the CPU, or one per GPU found.
+3. Evaluation: ``eigenmap probe`` (linear probe, kNN) and ``eigenmap retrieve`` (codes cut to
+   1/2 ... of their length against random subsets and PCA, with queries/s).
+4. The report: ``RUN/report/report.md`` with its plots (``eigenmap report RUN`` rewrites it).
 
-Running it again resumes the same run directory and finishes at once; ``--fresh`` starts over.
+Running it again reuses the data files and the finished run (``--fresh`` starts the run over).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,57 +29,133 @@ DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="prepare Fashion-MNIST and train a small model on it",
+    p = subparsers.add_parser("demo", help="the main job end to end: data, training, probe, retrieval, report",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--src", type=Path, default=FASHION_MNIST,
-                   help=f"Fashion-MNIST IDX folder or an ImageFolder tree (default {FASHION_MNIST})")
-    p.add_argument("--out-dir", type=Path, default=Path("runs/demo"), help="data and run go here")
+    p.add_argument("--data", type=Path, default=None,
+                   help="an ImageFolder tree (train/ and val/, or one folder to split); default: Fashion-MNIST "
+                        f"from {FASHION_MNIST}")
+    p.add_argument("--holdout", type=float, default=0.2,
+                   help="validation fraction of each class when --data has no train/ and val/ (default 0.2)")
+    p.add_argument("--out-dir", type=Path, default=Path("runs/demo"), help="data, run and report go here")
     p.add_argument("--max-steps", type=int, default=150, help="training steps (default 150)")
-    p.add_argument("--fresh", action="store_true", help="delete an earlier demo run first")
+    p.add_argument("--fresh", action="store_true", help="delete an earlier demo run first (the data stays)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the run summary here")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the demo's figures here")
     p.set_defaults(func=run)
 
 
+def _split_by_holdout(src: Path, dest: Path, fraction: float, seed: int) -> tuple[int, int]:
+    """Symlink trees ``dest/train`` and ``dest/val``: a seeded ``fraction`` of every class to val."""
+    import numpy as np
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    counts = [0, 0]
+    classes = sorted(p for p in src.iterdir() if p.is_dir())
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in cls.rglob("*") if p.is_file())
+        rng = np.random.default_rng([seed, label])
+        held = set(rng.choice(len(files), size=round(fraction * len(files)), replace=False).tolist())
+        for i, f in enumerate(files):
+            split = "val" if i in held else "train"
+            target = dest / split / cls.name / f.relative_to(cls)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(f.resolve())
+            counts[split == "val"] += 1
+    return counts[0], counts[1]
+
+
+def _prepare_data(args: argparse.Namespace, eigenmap, seed: int) -> tuple[Path, Path, str]:
+    """The train and validation .beton files, and a sentence saying where they came from."""
+    data_dir = args.out_dir / "data"
+    if args.data is None:
+        sources = [(FASHION_MNIST, "train", data_dir / "fashion-mnist-train.beton"),
+                   (FASHION_MNIST, "t10k", data_dir / "fashion-mnist-test.beton")]
+        statement = (f"Fashion-MNIST from {FASHION_MNIST} (Debian's dataset-fashion-mnist): its train set (60,000 "
+                     "images) trains and is the retrieval database; its test set (10,000) is the probe's validation "
+                     "set and the retrieval queries.")
+    elif (args.data / "train").is_dir() and (args.data / "val").is_dir():
+        sources = [(args.data / s, "train", data_dir / f"{args.data.name}-{s}.beton") for s in ("train", "val")]
+        statement = f"ImageFolder {args.data}: train/ trains and is the database; val/ validates and queries."
+    else:
+        split = data_dir / "split"
+        n_train, n_val = _split_by_holdout(args.data, split, args.holdout, seed)
+        sources = [(split / s, "train", data_dir / f"{args.data.name}-{s}.beton") for s in ("train", "val")]
+        statement = (f"ImageFolder {args.data} split by a seeded holdout: {args.holdout:.0%} of every class (seed "
+                     f"{seed}) is the validation set ({n_val} images), the rest ({n_train}) trains.")
+    for src, split_name, beton in sources:
+        if not beton.is_file():
+            rc = eigenmap(["prepare", str(src), str(beton), "--split", split_name, "--overwrite"])
+            if rc:
+                raise SystemExit(rc)
+    return sources[0][2], sources[1][2], statement
+
+
+def _device_overrides() -> tuple[list[str], str]:
+    """One worker per GPU when there are GPUs; else the demo config's two CPU workers."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        return [], f"cpu ({os.cpu_count()} cores)"
+    cpus = max(1, (os.cpu_count() or 1) // gpus)
+    return ([f"dist.num_workers={gpus}", "dist.gpus_per_worker=1", f"dist.cpus_per_worker={cpus}"],
+            f"{gpus} x {torch.cuda.get_device_name(0)}")
+
+
 def run(args: argparse.Namespace) -> int:
+    from eigenmap.config import load_config
     from launch.cli import main as eigenmap
 
-    if not args.src.exists():
-        print(f"eigenmap demo: error: '{args.src}' does not exist; install Debian's dataset-fashion-mnist "
-              "(`make setup` does) or pass --src with an ImageFolder tree", file=sys.stderr)
+    if args.data is None and not FASHION_MNIST.is_dir():
+        print(f"eigenmap demo: error: '{FASHION_MNIST}' does not exist; install Debian's dataset-fashion-mnist "
+              "(`make setup` does) or pass --data with an ImageFolder tree", file=sys.stderr)
         return 2
-    beton = args.out_dir / "data" / f"{args.src.name}.beton"
-    if not beton.is_file():
-        rc = eigenmap(["prepare", str(args.src), str(beton)])
-        if rc:
-            return rc
+    if args.data is not None and not args.data.is_dir():
+        print(f"eigenmap demo: error: --data '{args.data}' is not a folder; pass an ImageFolder tree", file=sys.stderr)
+        return 2
+    if not 0.0 < args.holdout < 1.0:
+        print(f"eigenmap demo: error: --holdout {args.holdout}; accepted: a fraction in (0, 1)", file=sys.stderr)
+        return 2
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    seed = load_config(DEMO_CONFIG, args.overrides).train.seed
+    train_beton, val_beton, statement = _prepare_data(args, eigenmap, seed)
+    seconds["prepare data"] = time.perf_counter() - started
+
     run_dir = args.out_dir / "run"
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    summary_path = Path(args.json) if args.json else args.out_dir / "summary.json"
-    rc = eigenmap(["train", str(DEMO_CONFIG), f"data.train_path={beton}", f"train.run_dir={run_dir}",
-                   f"train.max_steps={args.max_steps}", *args.overrides, "--json", str(summary_path)])
-    if rc == 0:
-        _report(run_dir.resolve(), json.loads(summary_path.read_text()))
+    device_overrides, device = _device_overrides()
+    classes = len(json.loads(Path(str(train_beton) + ".json").read_text())["classes"])
+    stages = [
+        ("train", ["train", str(DEMO_CONFIG), f"data.train_path={train_beton}", f"train.run_dir={run_dir}",
+                   f"train.max_steps={args.max_steps}", f"model.num_classes={classes}", *device_overrides,
+                   *args.overrides, "--json", str(args.out_dir / "train.json")]),
+        ("linear probe and kNN", ["probe", str(run_dir), "--train", str(train_beton), "--val", str(val_beton)]),
+        ("retrieval", ["retrieve", str(run_dir), "--database", str(train_beton), "--queries", str(val_beton)]),
+    ]
+    for name, command in stages:
+        t0 = time.perf_counter()
+        rc = eigenmap(command)
+        seconds[name] = time.perf_counter() - t0
+        if rc:
+            print(f"eigenmap demo: the {name} stage failed (exit {rc}); rerun `eigenmap demo` to resume",
+                  file=sys.stderr)
+            return rc
+    demo = {"data_statement": statement, "train": str(train_beton), "val": str(val_beton), "device": device,
+            "stage_seconds": seconds}
+    (run_dir / "demo.json").write_text(json.dumps(demo, indent=1) + "\n")
+    t0 = time.perf_counter()
+    rc = eigenmap(["report", str(run_dir)])
+    seconds["report"] = time.perf_counter() - t0
+    demo["stage_seconds"] = seconds
+    (run_dir / "demo.json").write_text(json.dumps(demo, indent=1) + "\n")
+    eigenmap(["report", str(run_dir)])  # again, so the report shows its own stage's time too
+    demo["total_seconds"] = time.perf_counter() - started
+    demo["report"] = str((run_dir / "report" / "report.md").resolve())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(demo, indent=1) + "\n")
+    print(f"\ndemo finished in {demo['total_seconds']:.0f} s; the report: {demo['report']}")
     return rc
-
-
-def _report(run_dir: Path, summary: dict) -> None:
-    """Print what the run measured: loss trajectory and the eigenvalue spectrum."""
-    from eigenmap.run_dir import load_run
-
-    logged = [json.loads(line) for line in open(run_dir / "metrics.jsonl")] if (run_dir / "metrics.jsonl").is_file() else []
-    print(f"\ndemo run: {run_dir} ({summary.get('step')} steps, {summary.get('wall_seconds', 0):.0f} s)")
-    if logged:
-        first, last = logged[0], logged[-1]
-        for key in ("total", "loss", "reg"):
-            print(f"  {key:>5}  step {first['step']}: {first[key]:10.3f}   step {last['step']}: {last[key]:10.3f}")
-        print(f"  {last.get('images_per_sec', float('nan')):.0f} images/s over all workers at the last log step")
-    weights = summary.get("weights", {})
-    if "model.pt" in weights:
-        stats = load_run(run_dir).model.statistics()
-        if stats is not None:
-            top = ", ".join(f"{v:.3f}" for v in stats.eigenvalues[:8].tolist())
-            print(f"  eigenvalue estimates, first 8 of {stats.eigenvalues.numel()}: {top}")
-    print(f"  TensorBoard: tensorboard --logdir {run_dir}")
-    print(f"  encoder weights (torchvision state dict): {weights.get('encoder.pt', '(not exported)')}")

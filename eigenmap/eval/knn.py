@@ -92,5 +92,5 @@ def knn_top1(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, test_y: 
     capped = {k: min(k, n) for k in ks}
     preds = knn_predict(train_x, train_y, test_x, ks=sorted(set(capped.values())), temperature=temperature,
                         num_classes=num_classes, device=device)
-    truth = torch.as_tensor(np.asarray(test_y), dtype=torch.int64)
+    truth = _as_tensor(test_y, torch.device("cpu"), torch.int64)
     return {k: 100.0 * float((preds[capped[k]] == truth).float().mean()) for k in ks}

@@ -1,0 +1,41 @@
+"""`eigenmap demo` end to end at a reduced size: data split, training on the embedded cluster,
+probe, kNN, retrieval and the report, as `make demo` runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from launch_helpers import REPO, cli_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+
+def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "launch.cli", "demo", "--data", str(imagenette_subset), "--holdout", "0.25",
+           "--out-dir", str(out), "--max-steps", "6", "--json", str(tmp_path / "demo.json"),
+           "data.batch_size_per_worker=16", "model.projector_hidden_dim=64", "model.projector_out_dim=64",
+           "train.log_every_steps=2", "train.checkpoint_every_steps=100", "eval.probe_epochs=3"]
+    done = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert set(summary["stage_seconds"]) == {"prepare data", "train", "linear probe and kNN", "retrieval", "report"}
+    # 4 classes x 40 images, a quarter of each held out
+    assert "seeded holdout: 25% of every class (seed 0) is the validation set (40 images), the rest (120)" \
+        in summary["data_statement"]
+    report_dir = out / "run" / "report"
+    report = (report_dir / "report.md").read_text()
+    for heading in ("## Configuration", "## The demo's data and stages", "## Training", "## Eigenvalue spectrum",
+                    "## Linear probe and kNN", "## Retrieval with adaptive-length codes"):
+        assert heading in report, heading
+    for png in ("training_curves.png", "spectrum.png", "retrieval_map.png", "retrieval_qps.png"):
+        assert (report_dir / png).stat().st_size > 10_000, png
+        assert f"]({png})" in report, png
+    assert "top-1" in report and "| codes |" in report and "random-subset mAP@" in report and "PCA mAP@" in report
+    assert "backend faiss-cpu on cpu" in report and "tensorboard --logdir" in report
+    assert "Not run yet" not in report
+    assert summary["report"] == str(report_dir / "report.md")

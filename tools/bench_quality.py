@@ -1,0 +1,302 @@
+#!/usr/bin/env python
+"""What the representations are worth: NeuralEF against the baselines at one budget.
+
+Every method trains the same encoder (ResNet-18 at 64 px, k = 512 outputs, global batch 256)
+with the same optimiser, schedule, augmentations, data order and seed; only the objective
+differs:
+
+  neuralef_stopgrad     NeuralEF, stop-grad variant (orders the eigenfunctions)
+  neuralef              NeuralEF without stop-grad
+  simclr                SimCLR (NT-Xent)
+  barlow_twins          Barlow Twins
+  spectral_contrastive  spectral contrastive loss
+  random_init           the same encoder and projector, untrained
+
+and is evaluated the same way on the held-out set: linear probe on cached centre-crop features
+(eval.* defaults), weighted kNN top-1 (k = 20 and 200), mAP@100 of the codes (database: the
+training set, queries: the validation set) at full length and at 1/2 ... 1/64 of it, against a
+random subset of dimensions and PCA at each length, and the eigenvalue ordering (Spearman
+correlation between output index and eigenvalue estimate: -1 = perfectly ordered). Training
+runs the worker loop as one plain process (``python -m eigenmap.train.worker``; no Ray), so
+the wall times are the loop's.
+
+Everything goes under ``--out`` (default ``runs/bench_quality``): data files, one run directory
+per method, the figures. Running the same command again resumes: finished runs and their
+evaluations are reused, an interrupted run resumes from its last checkpoint.
+
+  python tools/bench_quality.py --json F                # 15 epochs of Imagenette-96, all methods
+  python tools/bench_quality.py --epochs 2 --methods neuralef_stopgrad random_init
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+# the one recipe every method shares (configs/imagenette_resnet18.yaml plus these)
+RECIPE = [
+    "model.arch=resnet18", "model.small_image_stem=false", "model.projector_hidden_dim=2048",
+    "model.projector_out_dim=512", "model.num_classes=10",
+    "optim.name=lars", "optim.base_lr=0.3", "optim.weight_decay=1.0e-6", "optim.warmup_epochs=2",
+    "optim.final_lr_ratio=0.001",
+    "data.resolution=64", "data.eval_resize=72", "data.batch_size_per_worker=256", "data.loader_workers=1",
+    "dist.num_workers=1", "dist.zero_stage=0", "dist.max_failures=0",
+    "train.log_every_steps=10", "train.checkpoint_every_steps=100", "train.keep_checkpoints=2",
+    "train.progress_bar=true", "train.seed=0",
+]
+# what differs: the objective (alpha follows the paper's rule, doubling when k halves: k = 512 -> 0.04)
+METHODS = {
+    "neuralef_stopgrad": ["loss.name=neuralef", "loss.stop_grad=true", "loss.alpha=0.04"],
+    "neuralef": ["loss.name=neuralef", "loss.stop_grad=false", "loss.alpha=0.04"],
+    "simclr": ["loss.name=simclr", "loss.temperature=0.1"],
+    "barlow_twins": ["loss.name=barlow_twins", "loss.barlow_lambda=0.0051"],
+    "spectral_contrastive": ["loss.name=spectral_contrastive"],
+    "random_init": ["loss.name=neuralef", "loss.alpha=0.04"],
+}
+FRACTIONS = (1, 2, 4, 8, 16, 32, 64)  # code length k / f
+
+
+def _default_data() -> Path:
+    base = Path(os.environ.get("EIGENMAP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    return base / "imagenette2-96"
+
+
+def prepare_data(data: Path, out: Path) -> tuple[Path, Path]:
+    """train/ and val/ of the ImageFolder as .beton files (written once)."""
+    from eigenmap.data import write_beton
+
+    paths = []
+    for split in ("train", "val"):
+        if not (data / split).is_dir():
+            raise SystemExit(f"--data '{data}' has no {split}/ folder; expected an ImageFolder with train/ and val/")
+        beton = out / "data" / f"{split}.beton"
+        if not (beton.is_file() and Path(str(beton) + ".json").is_file()):
+            write_beton(data / split, beton, workers=os.cpu_count() or 1, overwrite=True)
+        paths.append(beton)
+    return paths[0], paths[1]
+
+
+def train(method: str, run_dir: Path, train_beton: Path, epochs: int, extra: list[str]) -> float:
+    """Train (or resume) one method as a plain worker process; returns this call's seconds."""
+    from eigenmap.run_dir import read_status
+
+    status = read_status(run_dir)
+    if status and status.get("status") == "finished" and (run_dir / "model.pt").is_file():
+        return 0.0
+    cmd = [sys.executable, "-m", "eigenmap.train.worker", str(ROOT / "configs" / "imagenette_resnet18.yaml"),
+           *RECIPE, *METHODS[method], *extra, f"train.epochs={epochs}", f"data.train_path={train_beton}",
+           f"train.run_dir={run_dir}", f"dist.cpus_per_worker={os.cpu_count() or 1}"]
+    print(f"[{method}] training: {' '.join(cmd[2:])}", flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
+    if done.returncode != 0:
+        raise SystemExit(f"[{method}] training failed (exit {done.returncode}); rerun the same command to resume")
+    return time.perf_counter() - started
+
+
+def random_init(run_dir: Path, train_beton: Path, epochs: int, extra: list[str]) -> None:
+    """A run directory holding the untrained model: config, model.pt, a finished status."""
+    import torch
+
+    from eigenmap.config import save_config
+    from eigenmap.models import build_model
+    from eigenmap.train.checks import load_train_config
+    from eigenmap.train.checkpoint import export_weights
+
+    if (run_dir / "model.pt").is_file():
+        return
+    cfg = load_train_config(ROOT / "configs" / "imagenette_resnet18.yaml",
+                            [*RECIPE, *METHODS["random_init"], *extra, f"train.epochs={epochs}",
+                             f"data.train_path={train_beton}", f"train.run_dir={run_dir}"])
+    torch.manual_seed(cfg.train.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    export_weights(build_model(cfg), run_dir)
+    (run_dir / "status.json").write_text(json.dumps({"status": "finished", "step": 0, "untrained": True}))
+
+
+def evaluate(run_dir: Path, train_beton: Path, val_beton: Path) -> dict:
+    """Probe, kNN, retrieval at each length, eigenvalue ordering of one run (cached in its eval/)."""
+    import torch
+
+    import retrieval
+    from eigenmap.eval.features import extract_features, feature_folder, load_features, matches
+    from eigenmap.eval.knn import knn_top1
+    from eigenmap.eval.linear_probe import train_probe
+    from eigenmap.eval.spectrum import eigenvalue_order
+    from eigenmap.run_dir import load_run
+
+    cached = run_dir / "eval" / "quality.json"
+    run = load_run(run_dir)
+    if cached.is_file():
+        figures = json.loads(cached.read_text())
+        if figures.get("weights_mtime") == run.weights.stat().st_mtime:
+            return figures
+    started = time.perf_counter()
+    arrays = {}
+    for name, beton in (("train", train_beton), ("val", val_beton)):
+        folder = feature_folder(run_dir, beton)
+        existing = load_features(folder) if (folder / "features.json").is_file() else None
+        if existing is not None and matches(existing.meta, data_path=beton.resolve(), weights=run.weights,
+                                            scale_by_eigenvalue=False, resolution=run.config.data.resolution):
+            arrays[name] = existing
+        else:
+            arrays[name] = extract_features(run.model, run.config, beton, folder, weights=run.weights, step=run.step,
+                                            progress=False)
+    train_set, val_set = arrays["train"], arrays["val"]
+    ev, classes = run.config.eval, len(train_set.meta["dataset"]["classes"])
+    probe = train_probe(train_set.features, train_set.labels, val_set.features, val_set.labels, num_classes=classes,
+                        epochs=ev.probe_epochs, lr=ev.probe_lr, weight_decay=ev.probe_weight_decay,
+                        batch_size=ev.probe_batch_size, seed=run.config.train.seed)
+    knn = knn_top1(train_set.features, train_set.labels, val_set.features, val_set.labels, ks=(20, 200),
+                   temperature=ev.knn_temperature, num_classes=classes)
+    k = train_set.codes.shape[1]
+    dims = sorted({k // f for f in FRACTIONS if k % f == 0})
+    report = retrieval.run_benchmark(train_set.codes, train_set.labels, val_set.codes, val_set.labels, dims=dims,
+                                     R=100, index="flat", backend="faiss-cpu", baselines=True, funnel=False,
+                                     repeats=1, seed=run.config.train.seed, name="codes")
+    retrieval.write_report(report, run_dir / "eval" / "retrieval" / "codes")
+    stats = run.model.statistics()
+    trained = run.step not in (None, 0)
+    order = eigenvalue_order(stats.eigenvalues.numpy()) if stats is not None and trained else None
+    figures = {
+        "weights_mtime": run.weights.stat().st_mtime, "step": run.step,
+        "probe_top1": probe.top1, "probe_top5": probe.top5, "probe_best_top1": probe.best_top1,
+        "probe_best_epoch": probe.best_epoch, "knn20_top1": knn[20], "knn200_top1": knn[200],
+        "map_at_100": {str(rec["dim"]): rec["codes"]["map"] for rec in report["lengths"]},
+        "random_subset_map": {str(rec["dim"]): rec["random_subset"]["map_mean"] for rec in report["lengths"]},
+        "random_subset_map_std": {str(rec["dim"]): rec["random_subset"]["map_std"] for rec in report["lengths"]},
+        "pca_map": {str(rec["dim"]): rec["pca"]["map"] for rec in report["lengths"]},
+        "eigenvalue_spearman": order, "code_length": k,
+        "eigenvalues_first8": stats.eigenvalues[:8].tolist() if stats is not None and trained else None,
+        "eval_seconds": time.perf_counter() - started,
+        "extraction_images_per_second": train_set.meta["images_per_second"],
+        "retrieval_backend": report["search"]["backend"], "torch_threads": torch.get_num_threads(),
+    }
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(figures, indent=1) + "\n")
+    return figures
+
+
+def _train_seconds(run_dir: Path, spent: float) -> float:
+    """Wall seconds of training over every call (a resumed run adds up its pieces)."""
+    path = run_dir / "bench_train_seconds.json"
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + spent
+    path.write_text(json.dumps({"seconds": total}))
+    return total
+
+
+def results_markdown(results: dict, command: str) -> str:
+    """docs/results.md: the table, how to read it, the exact command."""
+    methods = results["methods"]
+    k = next(iter(methods.values()))["code_length"]
+    dims = [k // f for f in FRACTIONS if k % f == 0]
+    lines = [
+        "# Representation quality: NeuralEF against the baselines",
+        "",
+        f"Imagenette-96 (`{results['data']}`: {results['train_images']} training and {results['val_images']} "
+        f"validation images, 10 classes), ResNet-18 at 64 px, k = {k} outputs, global batch 256, "
+        f"{results['epochs']} epochs, the same recipe for every method (`tools/bench_quality.py`: LARS, base lr 0.3 "
+        "per 256, 2 warm-up epochs, cosine; the paper's augmentations), trained on this project's 2-core CPU machine.",
+        "",
+        "Produced by:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "| method | probe top-1 | probe top-5 | kNN-20 top-1 | kNN-200 top-1 | mAP@100 full | "
+        + " | ".join(f"mAP@100 1/{f}" for f in FRACTIONS[1:] if k % f == 0)
+        + " | eigenvalue order (Spearman) | train wall time |",
+        "|---|" + "---:|" * (6 + len(dims)),
+    ]
+    for name, m in methods.items():
+        maps = " | ".join(f"{m['map_at_100'][str(d)]:.3f}" for d in dims)
+        order = "n/a" if m["eigenvalue_spearman"] is None else f"{m['eigenvalue_spearman']:.3f}"
+        minutes = f"{m['train_seconds'] / 60:.1f} min" if m["train_seconds"] else "untrained"
+        lines.append(f"| {name} | {m['probe_top1']:.1f} | {m['probe_top5']:.1f} | {m['knn20_top1']:.1f} | "
+                     f"{m['knn200_top1']:.1f} | {maps} | {order} | {minutes} |")
+    lines += ["", "Short codes against the baselines at the same length (mAP@100; random subset: mean of 5 "
+              "seeded draws):", "",
+              "| method | length | codes (prefix) | random subset | PCA |", "|---|---:|---:|---:|---:|"]
+    for name in ("neuralef_stopgrad", "neuralef"):
+        if name in methods:
+            m = methods[name]
+            for d in dims[1:]:
+                lines.append(f"| {name} | {d} | {m['map_at_100'][str(d)]:.3f} | "
+                             f"{m['random_subset_map'][str(d)]:.3f} | {m['pca_map'][str(d)]:.3f} |")
+    lines += ["", "How to read it: probe top-1/top-5 are after the final probe epoch on the validation set "
+              "(features standardised with the training set's statistics, SGD, cosine, "
+              f"{results['probe_epochs']} epochs); kNN is weighted (cosine, T = 0.07); mAP@100 uses the "
+              "training set as database and the validation set as queries, a result being relevant when it "
+              "shares the query's label, and a length-m code is the first m outputs, re-normalised. The "
+              "eigenvalue order is Spearman's correlation between output index and the L2-BatchNorm eigenvalue "
+              "estimate (-1: strictly decreasing). Per-method JSON: the `--json` file and "
+              "`RUN/eval/quality.json`; per-length retrieval reports: `RUN/eval/retrieval/codes/`.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=_default_data(), help="ImageFolder with train/ and val/")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs of every method (default 15)")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_quality", help="data, runs and figures")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every method on top of the recipe (a changed benchmark: say so)")
+    p.add_argument("--results-md", type=Path, default=ROOT / "docs" / "results.md",
+                   help="the markdown results page (default docs/results.md)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = p.parse_args(argv)
+    if not args.data.is_dir():
+        p.error(f"--data '{args.data}' does not exist; pass an ImageFolder with train/ and val/")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import torch
+
+    from eigenmap.data import read_manifest
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    train_beton, val_beton = prepare_data(args.data, args.out)
+    out_runs = args.out / f"runs-{args.epochs}ep"
+    results = {"data": str(args.data), "epochs": args.epochs, "recipe": RECIPE + args.set,
+               "train_images": read_manifest(train_beton)["num_images"],
+               "val_images": read_manifest(val_beton)["num_images"], "methods": {}}
+    for method in args.methods:
+        run_dir = out_runs / method
+        if method == "random_init":
+            random_init(run_dir, train_beton, args.epochs, args.set)
+            seconds = 0.0
+        else:
+            seconds = _train_seconds(run_dir, train(method, run_dir, train_beton, args.epochs, args.set))
+        figures = evaluate(run_dir, train_beton, val_beton)
+        results["methods"][method] = {"overrides": METHODS[method], "train_seconds": seconds, **figures}
+        m = results["methods"][method]
+        print(f"[{method}] probe top-1 {m['probe_top1']:.2f}, kNN-20 {m['knn20_top1']:.2f}, mAP@100 "
+              f"{m['map_at_100'][str(m['code_length'])]:.3f} (1/16: {m['map_at_100'].get(str(m['code_length'] // 16))})",
+              flush=True)
+    from eigenmap.config import load_config
+
+    results["probe_epochs"] = load_config(out_runs / args.methods[0] / "config.yaml").eval.probe_epochs
+    command = "python tools/bench_quality.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    if set(args.methods) == set(METHODS):  # the page shows the whole comparison, never a part of it
+        args.results_md.parent.mkdir(parents=True, exist_ok=True)
+        args.results_md.write_text(results_markdown(results, command.strip()))
+        print(f"written {args.results_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
