@@ -1,4 +1,9 @@
-"""``eigenmap prepare SRC OUT.beton``: write an FFCV dataset file and its manifest."""
+"""``eigenmap prepare SRC OUT.beton``: write an FFCV dataset file and its manifest.
+
+``eigenmap prepare --verify OUT.beton`` checks a written file against its manifest (size,
+image count, SHA-256 of every byte): exit 0 when it matches, 1 when it does not, 2 when it
+cannot be checked (no such file, no manifest with a checksum).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,10 @@ dataset-fashion-mnist installs (/usr/share/datasets/fashion-mnist, pick the spli
 
 Bad files (empty, truncated or corrupt, not an image, unreadable) are skipped and listed;
 grayscale, CMYK, palette, alpha and 16-bit images are converted to RGB. OUT is written
-through a temporary file and never replaced unless --overwrite is given.
+through a temporary file and never replaced unless --overwrite is given; with it, the old OUT
+and its manifest stay valid until the new pair is complete, then both are replaced together.
+The manifest records OUT's size and SHA-256: `eigenmap train` checks the size and image count
+before starting, `eigenmap prepare --verify OUT` the checksum.
 
 Tuning: --max-resolution 256..512 (longest side) keeps an ImageNet file small and its decode
 fast; for small images (<= 96 px) --write-mode raw trades disk for no JPEG decode at all.
@@ -44,8 +52,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "prepare", help="write an ImageFolder tree or IDX files to an FFCV .beton",
         description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", metavar="SRC", help="ImageFolder root, or Fashion-MNIST IDX folder/file")
-    parser.add_argument("out", metavar="OUT", help="the .beton to write (its manifest goes to OUT.json)")
+    parser.add_argument("src", metavar="SRC", nargs="?", help="ImageFolder root, or Fashion-MNIST IDX folder/file")
+    parser.add_argument("out", metavar="OUT", nargs="?", help="the .beton to write (its manifest goes to OUT.json)")
+    parser.add_argument("--verify", metavar="OUT", default=None,
+                        help="instead of writing: check OUT against its manifest (size, image count, SHA-256)")
     parser.add_argument("--max-resolution", type=_positive("--max-resolution"), default=None, metavar="N",
                         help="shrink images whose longest side exceeds N px (default: keep sizes)")
     parser.add_argument("--jpeg-quality", type=_positive("--jpeg-quality"), default=90, metavar="Q",
@@ -64,6 +74,41 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.verify is not None:
+        if args.src is not None:
+            print(f"eigenmap prepare: error: --verify takes only the file to check, got also {args.src!r}",
+                  file=sys.stderr)
+            return 2
+        return verify(args.verify)
+    if args.src is None or args.out is None:
+        print("eigenmap prepare: error: SRC and OUT are required (or --verify OUT)", file=sys.stderr)
+        return 2
+    return write(args)
+
+
+def verify(path: str) -> int:
+    """``--verify``: 0 the file matches its manifest, 1 it does not, 2 it cannot be checked."""
+    from eigenmap.data.beton_check import beton_problems
+    from eigenmap.data.manifest import ManifestError
+
+    if not Path(path).is_file():
+        print(f"eigenmap prepare: error: '{path}' does not exist (pass a .beton written by `eigenmap prepare`)",
+              file=sys.stderr)
+        return 2
+    try:
+        problems = beton_problems(path, checksum=True)
+    except ManifestError as e:
+        print(f"eigenmap prepare: error: {e}", file=sys.stderr)
+        return 2
+    if problems:
+        for problem in problems:
+            print(f"eigenmap prepare: verify failed: {problem}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK (size, image count and SHA-256 match its manifest)")
+    return 0
+
+
+def write(args: argparse.Namespace) -> int:
     from eigenmap.data import SourceError, WriterError, write_beton
     from eigenmap.data.manifest import manifest_path
 

@@ -1,8 +1,15 @@
 """``eigenmap train CONFIG.yaml [key=value ...]``: train on a Ray cluster.
 
 The config is loaded, resolved and checked here (``load_train_config``), before Ray or any
-worker starts, so a bad key, value or data path fails at once with a message naming it. Exit codes: 0 finished, 2 bad config or
-arguments, 3 stopped on a non-finite loss, 1 the run failed (after Ray's restarts).
+worker starts, so a bad key, value or data path fails at once with a message naming it. Then
+the run directory is locked (one run at a time; a stale lock of a dead process is taken over)
+and, when it holds a checkpoint, the resume rules apply: a changed batch, worker count, data,
+model, loss, seed, optimiser or ZeRO stage is refused unless --allow-config-change.
+
+Exit codes: 0 finished, 2 bad config or arguments (a refused resume, a run directory in use
+included), 3 stopped on a non-finite loss, 75 preempted (SIGTERM: a checkpoint was saved; run
+the same command again to resume; EX_TEMPFAIL, which schedulers read as "retry"), 1 the run
+failed (after Ray's restarts).
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ from pathlib import Path
 
 from eigenmap.config import ConfigError
 from eigenmap.train.checks import load_train_config
+from eigenmap.train.preempt import EXIT_CODES, clear_stop_request
+from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP, check_resume
+from eigenmap.train.run_lock import RunLockError, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +33,10 @@ EPILOG = """examples:
   eigenmap train configs/imagenette_resnet18.yaml data.train_path=/data/imagenette.beton dist.num_workers=2
   eigenmap train configs/imagenet_resnet50_100ep.yaml --address auto          # join a running cluster
   eigenmap train configs/demo.yaml data.train_path=synthetic train.max_steps=20 --json out.json
-Running it again with the same train.run_dir resumes from the latest checkpoint."""
+Running it again with the same train.run_dir resumes from the latest checkpoint (add
+--allow-config-change to resume with another batch, worker count, data, model or loss).
+SIGTERM (SLURM, Kubernetes, spot instances) saves a checkpoint and exits 75: run the same
+command again to resume. Weights of a kept checkpoint: eigenmap export RUN_DIR [--step N]."""
 
 
 def add_parser(subparsers) -> None:
@@ -37,6 +50,7 @@ def add_parser(subparsers) -> None:
                    help="Ray cluster to join: 'auto' or host:port (default: the config's dist.address; "
                         "null there = an embedded local cluster on 127.0.0.1)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the run summary (figures) here")
+    p.add_argument(ALLOW_FLAG, action="store_true", help=ALLOW_HELP)
     p.set_defaults(func=run)
 
 
@@ -44,16 +58,13 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"dist.address={args.address}"] if args.address is not None else [])
     try:
         cfg = load_train_config(args.config, overrides)
-    except ConfigError as e:
+        with run_lock(cfg.train.run_dir):
+            check_resume(cfg, allow_config_change=args.allow_config_change)
+            clear_stop_request(cfg.train.run_dir)
+            summary = _train(cfg, args.allow_config_change)
+    except (ConfigError, RunLockError) as e:
         print(f"eigenmap train: error: {e}", file=sys.stderr)
         return 2
-    from launch.ray_runner import run_on_ray
-
-    log.info("run directory %s: %d workers x (%d CPU, %g GPU), global batch %d, lr %.4g",
-             cfg.train.run_dir, cfg.dist.num_workers, cfg.dist.cpus_per_worker, cfg.dist.gpus_per_worker,
-             cfg.derived.global_batch_size, cfg.derived.lr)
-    summary = run_on_ray(cfg)
-    summary["run_dir"] = cfg.train.run_dir
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=1))
@@ -61,4 +72,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"eigenmap train: {status}: {summary.get('message', '')} (run dir {cfg.train.run_dir}, "
           f"{summary['attempts']} worker-group start(s), {summary['wall_seconds']:.1f} s)",
           file=sys.stderr if status != "finished" else sys.stdout)
-    return {"finished": 0, "nonfinite": 3}.get(status, 1)
+    return EXIT_CODES.get(status, 1)
+
+
+def _train(cfg, allow_config_change: bool) -> dict:
+    from launch.ray_runner import run_on_ray
+
+    log.info("run directory %s: %d workers x (%d CPU, %g GPU), global batch %d, lr %.4g",
+             cfg.train.run_dir, cfg.dist.num_workers, cfg.dist.cpus_per_worker, cfg.dist.gpus_per_worker,
+             cfg.derived.global_batch_size, cfg.derived.lr)
+    summary = run_on_ray(cfg, allow_config_change=allow_config_change)
+    summary["run_dir"] = cfg.train.run_dir
+    return summary

@@ -11,6 +11,11 @@
   once every worker's files are persisted, keeps the last ``train.keep_checkpoints``, and on a
   worker failure restarts the group (``FailureConfig(max_failures)``) from the latest one. A
   new ``eigenmap train`` on the same run directory finds Ray's snapshot there and resumes.
+  Each worker lists its files with their checksums (``files_rank{r}.json``); a restart checks
+  Ray's latest checkpoint against them and falls back to the newest good ``step_*`` directory
+  when a file is damaged, instead of failing on it at every restart.
+- A SIGTERM to the driver (this process) writes the run's stop file: every worker saves a
+  checkpoint at its next log or checkpoint step and the run ends with status "preempted".
 
 ``run_dir`` must be a path every node sees (a shared filesystem) on a multi-node cluster.
 """
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from eigenmap.config import Config, from_dict, to_dict
+from eigenmap.train.preempt import forward_sigterm_to_run
 
 __all__ = ["run_on_ray", "init_ray", "embedded_trainer_class", "quiet_ray_train_logs", "RayCheckpointStore",
            "train_loop_per_worker", "CHECKPOINTS_DIR_NAME"]
@@ -39,36 +45,48 @@ CHECKPOINTS_DIR_NAME = "checkpoints"
 class RayCheckpointStore:
     """The worker's checkpoint store under Ray Train (see ``eigenmap.train.checkpoint``).
 
-    ``save``: every worker writes its part into a local temporary directory and reports it with
-    ``ray.train.report(checkpoint=...)``; Ray merges the workers' files into one directory.
-    ``latest``: Ray's checkpoint to restart from, else (a run directory written without Ray)
-    the newest complete ``step_*`` directory already there.
+    ``save``: every worker writes its part into a local temporary directory, lists its files
+    with their checksums there, and reports it with ``ray.train.report(checkpoint=...)``; Ray
+    merges the workers' files into one directory, which each worker then flushes to disk.
+    ``latest``: Ray's checkpoint to restart from, verified, else (or when it is damaged) the
+    newest good ``step_*`` directory already there.
     """
 
     def __init__(self, run_dir: Path):
-        from eigenmap.train.checkpoint import find_latest
-
-        self._find_latest = find_latest
         self.root = Path(run_dir) / CHECKPOINTS_DIR_NAME
 
     @contextlib.contextmanager
     def latest(self) -> Iterator[Optional[Path]]:
         import ray.train
 
+        from eigenmap.train.checkpoint_files import newest_good
+
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            yield self._find_latest(self.root)
+            yield newest_good(None, self.root)
             return
         with checkpoint.as_directory() as path:
-            yield Path(path)
+            yield newest_good(Path(path), self.root)
 
     def save(self, step: int, write: Callable[[Path], None], metrics: dict) -> None:
         import ray.train
 
+        from eigenmap.durable import fsync_dir, fsync_file
+        from eigenmap.train.checkpoint_files import seal_checkpoint
+
+        name, rank = f"step_{step:08d}", ray.train.get_context().get_world_rank()
         with tempfile.TemporaryDirectory(prefix=f"eigenmap-step{step}-") as tmp:
             write(Path(tmp))
+            seal_checkpoint(Path(tmp), f"files_rank{rank}.json")
+            mine = [p.relative_to(tmp) for p in Path(tmp).rglob("*") if p.is_file()]
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"step_{step:08d}")
+                             checkpoint_dir_name=name)
+        published = self.root / name
+        if published.is_dir():  # Ray copies without fsync: flush this worker's files of the copy
+            for rel in mine:
+                fsync_file(published / rel)
+            for folder in {published / rel.parent for rel in mine}:
+                fsync_dir(folder)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -86,7 +104,8 @@ def train_loop_per_worker(config: dict) -> None:
     workers.mkdir(parents=True, exist_ok=True)
     (workers / f"rank{rank}.ray.json").write_text(json.dumps(  # which Ray node runs each rank
         {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}))
-    train(cfg, store=RayCheckpointStore(Path(cfg.train.run_dir)))
+    train(cfg, store=RayCheckpointStore(Path(cfg.train.run_dir)),
+          allow_config_change=config.get("allow_config_change", False))
 
 
 def quiet_ray_train_logs() -> None:
@@ -151,12 +170,15 @@ def embedded_trainer_class():
     return EmbeddedTorchTrainer
 
 
-def run_on_ray(cfg: Config) -> dict[str, Any]:
+def run_on_ray(cfg: Config, *, allow_config_change: bool = False) -> dict[str, Any]:
     """Train ``cfg`` (resolved and checked) with a Ray ``TorchTrainer``; returns the summary.
 
-    The summary is the worker's ``run_dir/status.json`` (``status`` "finished" or "nonfinite")
-    plus ``attempts`` (worker-group starts, restarts included), ``wall_seconds`` and, when Ray
-    gave up, ``status: "failed"`` with the error.
+    The caller holds the run directory's lock and has applied the resume rules
+    (``launch/cmd_train.py``); ``allow_config_change`` is passed on to the workers.
+
+    The summary is the worker's ``run_dir/status.json`` (``status`` "finished", "nonfinite" or
+    "preempted") plus ``attempts`` (worker-group starts, restarts included), ``wall_seconds``
+    and, when Ray gave up, ``status: "failed"`` with the error.
     """
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,34 +188,9 @@ def run_on_ray(cfg: Config) -> dict[str, Any]:
     started = time.perf_counter()
     we_started = init_ray(cfg)
     try:
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
-
-        from launch.ray_loopback import LoopbackTorchConfig
-
-        gpus = cfg.dist.gpus_per_worker
-        resources = {"CPU": cfg.dist.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})}
-        embedded = cfg.dist.address is None
-        # one machine: the process group listens on loopback like the embedded cluster itself
-        torch_config_cls = LoopbackTorchConfig if embedded else TorchConfig
-        trainer = (embedded_trainer_class() if embedded else TorchTrainer)(
-            train_loop_per_worker,
-            train_loop_config={"cfg": to_dict(cfg)},
-            scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=gpus > 0,
-                                         resources_per_worker=resources),
-            torch_config=torch_config_cls(backend="nccl" if gpus > 0 else "gloo"),
-            run_config=RunConfig(
-                name=CHECKPOINTS_DIR_NAME, storage_path=str(run_dir),
-                failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
-        )
-        error: Optional[str] = None
-        try:
-            result = trainer.fit()
-            if getattr(result, "error", None) is not None:
-                error = repr(result.error)
-        except Exception as e:  # Ray raises when the run failed more than max_failures times
-            error = f"{type(e).__name__}: {e}"
+        # installed after ray.init, which sets its own SIGTERM handler in the driver (sys.exit)
+        with forward_sigterm_to_run(run_dir):
+            error = _fit(_trainer(cfg, allow_config_change))
     finally:
         if we_started:
             import ray
@@ -206,6 +203,40 @@ def run_on_ray(cfg: Config) -> dict[str, Any]:
     summary["attempts"] = _count_lines(run_dir / "attempts.jsonl") - attempts_before
     summary["wall_seconds"] = time.perf_counter() - started
     return summary
+
+
+def _trainer(cfg: Config, allow_config_change: bool):
+    """The ``TorchTrainer`` of the run: its workers, process group, storage and restarts."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from launch.ray_loopback import LoopbackTorchConfig
+
+    gpus = cfg.dist.gpus_per_worker
+    resources = {"CPU": cfg.dist.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})}
+    embedded = cfg.dist.address is None
+    # one machine: the process group listens on loopback like the embedded cluster itself
+    torch_config_cls = LoopbackTorchConfig if embedded else TorchConfig
+    return (embedded_trainer_class() if embedded else TorchTrainer)(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "allow_config_change": allow_config_change},
+        scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=gpus > 0,
+                                     resources_per_worker=resources),
+        torch_config=torch_config_cls(backend="nccl" if gpus > 0 else "gloo"),
+        run_config=RunConfig(
+            name=CHECKPOINTS_DIR_NAME, storage_path=str(cfg.train.run_dir),
+            failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+    )
+
+
+def _fit(trainer) -> Optional[str]:
+    """Run the trainer; the error that ended it, or None."""
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray raises when the run failed more than max_failures times
+        return f"{type(e).__name__}: {e}"
+    return repr(result.error) if getattr(result, "error", None) is not None else None
 
 
 def _count_lines(path: Path) -> int:

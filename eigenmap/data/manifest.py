@@ -5,6 +5,9 @@
 - ``classes``: class names in stable sorted order; the index in the list is the label.
 - ``counts``: ``{class name: images written}``, in label order.
 - ``num_images``: images in the ``.beton`` (its number of samples).
+- ``bytes``, ``sha256``: the ``.beton``'s size and checksum, so a truncated, damaged or
+  replaced file is found before training (:mod:`eigenmap.data.beton_check`); absent from
+  manifests written before they were recorded.
 - ``skipped``: ``[{"path": ..., "reason": ...}]``, every input file that was not written.
 - ``max_resolution``: the ``--max-resolution`` used (longest side, px), or null for none.
 - ``source``, ``source_kind`` (``imagefolder`` or ``idx``), ``write_mode``, ``jpeg_quality``,
@@ -16,11 +19,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
-__all__ = ["ManifestError", "manifest_path", "read_manifest", "write_manifest", "MANIFEST_VERSION"]
+from eigenmap.durable import atomic_write_text
 
-MANIFEST_VERSION = 1
+__all__ = ["ManifestError", "manifest_path", "read_manifest", "write_manifest", "dataset_identity",
+           "MANIFEST_VERSION"]
+
+MANIFEST_VERSION = 2  # 2: records the file's bytes and sha256
 REQUIRED_KEYS = ("classes", "counts", "num_images", "skipped", "max_resolution")
 
 
@@ -62,12 +68,20 @@ def read_manifest(beton_path: Union[str, os.PathLike]) -> dict:
 
 
 def write_manifest(manifest: dict, path: Union[str, os.PathLike]) -> None:
-    """Write ``manifest`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.partial-{os.getpid()}")
+    """Write ``manifest`` as JSON to ``path`` atomically and durably (a temporary file, fsync,
+    then a rename)."""
+    atomic_write_text(path, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+
+
+def dataset_identity(beton_path: str) -> Optional[dict]:
+    """What identifies a training file's contents, from its manifest (no hashing here):
+    ``{"path", "bytes", "sha256", "num_images"}``; None without a readable manifest (the
+    synthetic source, a file written by FFCV directly)."""
+    if not beton_path or not manifest_path(beton_path).is_file():
+        return None
     try:
-        tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        manifest = read_manifest(beton_path)
+    except ManifestError:
+        return None
+    return {"path": str(beton_path), "bytes": manifest.get("bytes"), "sha256": manifest.get("sha256"),
+            "num_images": manifest["num_images"]}

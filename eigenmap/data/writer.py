@@ -7,8 +7,13 @@ Two passes over the source, both spread over ``workers`` processes:
    listed in the manifest. Checking first means the FFCV file never has a hole: FFCV's writer
    fixes the number of samples before it starts.
 2. **write**: FFCV's ``DatasetWriter`` encodes the good files (re-encoded as JPEG, or raw
-   pixels) into a temporary file that is renamed to ``OUT`` only when complete, after the
-   manifest. An interrupted run leaves ``.OUT.partial-<pid>`` files, never a half ``OUT``.
+   pixels) into a temporary file beside ``OUT``.
+3. **publish**: the file's size and SHA-256 go into the manifest; the new file and manifest,
+   both complete under temporary names and flushed to disk, replace the old pair by two
+   renames (manifest, then file) under an exclusive lock of the folder, which readers take
+   shared. The old ``OUT`` stays valid until then and is never deleted first; two ``prepare``
+   runs racing to one ``OUT`` leave one's pair, not one's manifest beside the other's file. An
+   interrupted run leaves no half ``OUT``.
 
 Memory: the source is a path array (or a memory-mapped IDX file), work is handed out a few
 chunks at a time, and each writer process holds one FFCV page, so memory grows with the number
@@ -32,6 +37,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+
+from eigenmap.durable import folder_lock, fsync_dir, fsync_file, sha256_of
 
 from .manifest import MANIFEST_VERSION, manifest_path, write_manifest
 from .sources import IdxSource, open_source
@@ -292,6 +299,17 @@ def _validate_args(max_resolution, jpeg_quality, workers, write_mode) -> None:
         raise WriterError(f"--write-mode {write_mode!r} is not supported; accepted: {', '.join(WRITE_MODES)}")
 
 
+def _publish(tmp_beton: Path, tmp_manifest: Path, out: Path, overwrite: bool) -> None:
+    """Replace ``out`` and its manifest by the complete temporary pair, together."""
+    with folder_lock(out.parent):
+        if out.exists() and not overwrite:  # written by another prepare since this one started
+            raise WriterError(f"output '{out}' was written by another process meanwhile; pass --overwrite to "
+                              "replace it")
+        os.replace(tmp_manifest, manifest_path(out))
+        os.replace(tmp_beton, out)
+        fsync_dir(out.parent)
+
+
 def write_beton(
     src: Union[str, os.PathLike],
     out: Union[str, os.PathLike],
@@ -341,6 +359,7 @@ def write_beton(
 
     source = open_source(src, split=split, scratch_dir=out.parent)
     tmp_beton = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    tmp_manifest = out.with_name(f".{manifest_path(out).name}.partial-{os.getpid()}")
     failure_dir = out.with_name(f".{out.name}.failures-{os.getpid()}")
     try:
         t0 = time.perf_counter()
@@ -388,14 +407,13 @@ def write_beton(
             "write_mode": write_mode,
             "jpeg_quality": jpeg_quality if write_mode == "jpg" else None,
         }
-        # an old OUT goes first, then the new manifest, then the new OUT: at no moment does
-        # OUT exist beside a manifest that does not describe it
-        if out.exists():
-            out.unlink()
-        write_manifest(manifest, manifest_path(out))
-        os.replace(tmp_beton, out)
+        fsync_file(tmp_beton)
+        manifest.update(bytes=tmp_beton.stat().st_size, sha256=sha256_of(tmp_beton))
+        write_manifest(manifest, tmp_manifest)
+        _publish(tmp_beton, tmp_manifest, out, overwrite)
         return manifest
     finally:
+        tmp_manifest.unlink(missing_ok=True)
         if tmp_beton.exists():
             tmp_beton.unlink()
         if failure_dir.exists():

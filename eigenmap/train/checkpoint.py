@@ -7,7 +7,12 @@ A checkpoint is a directory ``step_XXXXXXXX`` holding
 - ``trainer_state.pt``: loader position (epoch, step in epoch), global step and world size
   (rank 0);
 - ``rng_rank{r}.pt``: each rank's RNG states (torch, CUDA, numpy, python, batched augments);
-- ``meta.json``: the same counters and the last logged metrics, for people and tools.
+- ``meta.json``: the same counters, the last logged metrics, the resolved config and the
+  identity of the training data, for people, tools and the resume rules
+  (:mod:`eigenmap.train.resume`);
+- ``files*.json``: every other file's size and SHA-256, written once all ranks have written
+  their part and before the checkpoint is published; which checkpoint is whole and which one a
+  run resumes from is :mod:`eigenmap.train.checkpoint_files`.
 
 Where checkpoints go is a :class:`CheckpointStore`: :class:`LocalCheckpointStore` (plain
 process or torchrun; temp directory + rename, keeps the last K) or one the launcher passes in
@@ -19,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -31,14 +36,16 @@ import numpy as np
 import torch
 
 from eigenmap import dist
+from eigenmap.durable import fsync_dir, publish
+# re-exported: where a run resumes from is part of what a checkpoint is
+from eigenmap.train.checkpoint_files import (CHECKPOINT_RE, ENGINE_TAG, checkpoint_step, find_latest, is_complete,
+                                             newest_good, read_meta, seal_checkpoint, verify_checkpoint)
 
-__all__ = ["TrainerState", "CheckpointStore", "LocalCheckpointStore", "write_checkpoint",
-           "read_checkpoint", "find_latest", "is_complete", "export_weights", "CHECKPOINT_RE"]
+__all__ = ["TrainerState", "CheckpointStore", "LocalCheckpointStore", "write_checkpoint", "read_checkpoint",
+           "read_meta", "seal_checkpoint", "verify_checkpoint", "find_latest", "newest_good", "is_complete",
+           "checkpoint_step", "export_weights", "CHECKPOINT_RE", "ENGINE_TAG"]
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_RE = re.compile(r"^step_(\d{8})$")
-ENGINE_TAG = "engine"
 
 
 @dataclass
@@ -85,10 +92,12 @@ def _set_rng_state(state: dict, augment: Any) -> None:
 
 
 def write_checkpoint(path: Path, engine: Any, state: TrainerState, augment: Any = None,
-                     metrics: Optional[dict] = None) -> None:
+                     metrics: Optional[dict] = None, run_info: Optional[dict] = None) -> None:
     """Every rank writes its part of one checkpoint into the directory ``path``.
 
-    Collective: all ranks must call it (DeepSpeed's save synchronises them).
+    ``run_info`` (rank 0; e.g. ``{"config": ..., "data": ...}``) goes into ``meta.json``: what
+    the resume rules compare a new start with. Collective: all ranks must call it (DeepSpeed's
+    save synchronises them). The store seals and publishes the directory afterwards.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -98,66 +107,65 @@ def write_checkpoint(path: Path, engine: Any, state: TrainerState, augment: Any 
     torch.save(_rng_state(augment), path / f"rng_rank{rank}.pt")
     if rank == 0:
         torch.save({**asdict(state), "world_size": world}, path / "trainer_state.pt")
-        meta = {**asdict(state), "world_size": world, "time": time.time(), "metrics": metrics or {}}
+        meta = {**asdict(state), "world_size": world, "time": time.time(), "metrics": metrics or {},
+                **(run_info or {})}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
-def read_checkpoint(path: Path, engine: Any, augment: Any = None) -> TrainerState:
-    """Restore the engine, this rank's RNG states and the counters from ``path`` (all ranks)."""
+def read_checkpoint(path: Path, engine: Any, augment: Any = None, *, allow_world_change: bool = False) -> TrainerState:
+    """Restore the engine, this rank's RNG states and the counters from ``path`` (all ranks).
+
+    ``allow_world_change`` (``--allow-config-change``): a checkpoint of another worker count is
+    loaded when its engine state is whole (ZeRO 0); ranks without an RNG file of their own keep
+    their freshly seeded states.
+    """
     path = Path(path)
     rank, world = dist.get_rank(), dist.get_world_size()
     trainer = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
-    if trainer["world_size"] != world:
-        raise RuntimeError(
-            f"checkpoint {path} was written by {trainer['world_size']} workers, this run has {world}: "
-            "resume with the same dist.num_workers (the loader position and ZeRO shards depend on it)")
+    saved_world = trainer["world_size"]
+    if saved_world != world:
+        _check_world_change(path, saved_world, world, engine, allow_world_change)
     # DeepSpeed reads its own files (with torch.load(weights_only=False)); they are files this
-    # run wrote. Everything else here is read with weights_only=True.
+    # run wrote and whose checksums were verified before resuming. Everything else here is read
+    # with weights_only=True.
     load_path, _ = engine.load_checkpoint(str(path), tag=ENGINE_TAG, load_module_strict=True,
                                           load_optimizer_states=True, load_lr_scheduler_states=False)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed found no engine state under {path / ENGINE_TAG}")
-    _set_rng_state(torch.load(path / f"rng_rank{rank}.pt", map_location="cpu", weights_only=True), augment)
+    rng = path / f"rng_rank{rank}.pt"
+    if rng.is_file():
+        _set_rng_state(torch.load(rng, map_location="cpu", weights_only=True), augment)
+    else:  # only after an allowed worker-count change (checked above)
+        log.warning("checkpoint %s has no RNG state of rank %d (it was written by %d workers): this rank keeps "
+                    "its freshly seeded RNG states", path, rank, saved_world)
     return TrainerState(step=trainer["step"], epoch=trainer["epoch"], step_in_epoch=trainer["step_in_epoch"])
 
 
-def is_complete(path: Path) -> bool:
-    """A checkpoint directory holds the counters, the engine and every rank's RNG file."""
-    path = Path(path)
-    meta = path / "meta.json"
-    if not (meta.is_file() and (path / "trainer_state.pt").is_file() and (path / ENGINE_TAG).is_dir()):
-        return False
-    try:
-        world = json.loads(meta.read_text())["world_size"]
-    except (ValueError, KeyError):
-        return False
-    return all((path / f"rng_rank{r}.pt").is_file() for r in range(world))
-
-
-def find_latest(root: Path) -> Optional[Path]:
-    """The complete checkpoint with the highest step under ``root``, or None."""
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in root.iterdir()
-                   if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir())
-    for _, p in reversed(found):
-        if is_complete(p):
-            return p
-    return None
+def _check_world_change(path: Path, saved: int, world: int, engine: Any, allowed: bool) -> None:
+    if not allowed:
+        raise RuntimeError(
+            f"checkpoint {path} was written by {saved} workers, this run has {world}: resume with the same "
+            "dist.num_workers (the loader position and ZeRO shards depend on it), or pass --allow-config-change")
+    stage = engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0
+    if stage > 0:
+        raise RuntimeError(
+            f"checkpoint {path} was written by {saved} workers with ZeRO stage {stage}: its optimiser state is split "
+            f"in {saved} shards that {world} workers cannot load, even with --allow-config-change; resume with "
+            f"dist.num_workers={saved}")
 
 
 def export_weights(model: torch.nn.Module, run_dir: Path) -> dict[str, Path]:
     """Rank 0: write ``encoder.pt`` (a plain torchvision ResNet state dict, no ``fc``; load it
     with ``resnet.load_state_dict(sd, strict=False)``) and ``model.pt`` (the whole module:
-    encoder, projector, L2-BatchNorm statistics, online head). Atomic (temp file + rename)."""
+    encoder, projector, L2-BatchNorm statistics, online head). Atomic and durable (temp file,
+    fsync, rename)."""
     run_dir = Path(run_dir)
     out = {}
     for name, module in (("encoder.pt", model.backbone), ("model.pt", model)):
         sd = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
         tmp = run_dir / f".{name}.tmp"
         torch.save(sd, tmp)
-        tmp.replace(run_dir / name)
+        publish(tmp, run_dir / name)
         out[name] = run_dir / name
     return out
 
@@ -171,8 +179,9 @@ class CheckpointStore:
     """Where a run's checkpoints go and where a restarted run finds the latest one.
 
     ``save(step, write, metrics)`` is called by every rank: ``write(dir)`` writes this rank's
-    part into a directory the store chooses; the store publishes it atomically.
-    ``latest()`` is a context manager yielding the directory to resume from, or None.
+    part into a directory the store chooses; the store seals it (file list with checksums) and
+    publishes it atomically. ``latest()`` is a context manager yielding the directory to resume
+    from, verified with checksums and the same on every rank (collective), or None.
     """
 
     def latest(self) -> contextlib.AbstractContextManager[Optional[Path]]:
@@ -185,7 +194,8 @@ class CheckpointStore:
 class LocalCheckpointStore(CheckpointStore):
     """Checkpoints under ``root`` (``run_dir/checkpoints``) on a filesystem every rank sees.
 
-    Every rank writes into ``root/.tmp-step_XXXXXXXX``; after a barrier rank 0 renames it to
+    Every rank writes into ``root/.tmp-step_XXXXXXXX``; after a barrier rank 0 lists the files
+    with their checksums, flushes everything to disk and renames the directory to
     ``step_XXXXXXXX`` (a directory rename is atomic), so an interrupted write leaves only a
     temp directory and the previous checkpoint stays the latest. Then the oldest beyond
     ``keep`` are deleted.
@@ -196,7 +206,7 @@ class LocalCheckpointStore(CheckpointStore):
 
     @contextlib.contextmanager
     def latest(self) -> Iterator[Optional[Path]]:
-        yield find_latest(self.root)
+        yield newest_good(None, self.root)
 
     def save(self, step: int, write: Callable[[Path], None], metrics: dict) -> None:
         final = self.root / f"step_{step:08d}"
@@ -208,14 +218,25 @@ class LocalCheckpointStore(CheckpointStore):
         write(tmp)
         dist.barrier()
         if dist.get_rank() == 0:
-            if final.exists():  # the same step written by an earlier attempt: replace it
-                shutil.rmtree(final)
-            tmp.rename(final)
+            seal_checkpoint(tmp)
+            self._publish(tmp, final)
             self._prune()
         dist.barrier()
 
+    def _publish(self, tmp: Path, final: Path) -> None:
+        # the same step written by an earlier attempt: moved aside, not deleted, until the new
+        # one is in place, so a crash in between never leaves the run without this step's state
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        if final.exists():
+            final.rename(old)
+        publish(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
     def _prune(self) -> None:
-        done = sorted((int(m.group(1)), p) for p in self.root.iterdir()
-                      if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir())
+        done = sorted((step, p) for p in self.root.iterdir()
+                      if (step := checkpoint_step(p)) is not None and p.is_dir())
         for _, p in done[: max(len(done) - self.keep, 0)]:
             shutil.rmtree(p, ignore_errors=True)
+        for p in self.root.glob(".old-step_*"):  # set aside by a save that died before removing it
+            shutil.rmtree(p, ignore_errors=True)
+        fsync_dir(self.root)

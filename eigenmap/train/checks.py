@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Optional, Union
 
 from eigenmap.config import Config, ConfigError, load_config, resolve
+from eigenmap.data.beton_check import beton_problems
 from eigenmap.data.manifest import ManifestError, manifest_path, read_manifest
 from eigenmap.data.synthetic import SYNTHETIC
+from eigenmap.durable import folder_lock
 
 __all__ = ["check_train_config", "prepare_train_config", "load_train_config"]
 
@@ -52,8 +54,9 @@ def check_train_config(cfg: Config, *, check_paths: bool = True) -> None:
     """Raise :class:`ConfigError` naming the problem when ``cfg`` cannot train.
 
     Checks: combinations the schema cannot express (LARS needs whole parameters, so ZeRO
-    stage 0; GPU-only settings), the training data path (set, exists, a manifest whose class
-    count fits the online classifier) and a run directory that is not a file.
+    stage 0; GPU-only settings), the training data (set, exists, not empty, whole: its size
+    and FFCV header match its manifest, see :mod:`eigenmap.data.beton_check`; a manifest whose
+    class count fits the online classifier) and a run directory that is not a file.
     """
     if cfg.optim.name == "lars" and cfg.dist.zero_stage > 0:
         raise ConfigError(
@@ -83,7 +86,14 @@ def _check_train_data(cfg: Config) -> None:
     if not Path(path).is_file():
         raise ConfigError(f"config key 'data.train_path': '{path}' does not exist (write it with "
                           f"`eigenmap prepare SRC OUT.beton`, or pass data.train_path={SYNTHETIC})")
-    manifest = _manifest_or_none(path)
+    with folder_lock(Path(path).parent, shared=True):  # not half-way through a `prepare` publishing it
+        try:
+            problems = beton_problems(path)
+        except ManifestError as e:
+            raise ConfigError(str(e)) from None
+        manifest = _manifest_or_none(path)
+    if problems:
+        raise ConfigError("config key 'data.train_path': " + "; ".join(problems))
     if manifest is not None and cfg.model.online_classifier and len(manifest["classes"]) > cfg.model.num_classes:
         classes = len(manifest["classes"])
         raise ConfigError(

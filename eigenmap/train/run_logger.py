@@ -23,7 +23,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["RunLogger", "spectrum_plot"]
+from eigenmap.durable import atomic_write_text
+
+__all__ = ["RunLogger", "spectrum_plot", "keep_rows_up_to"]
 
 SCALAR_TAGS = {"loss": "train/loss", "reg": "train/reg", "total": "train/total",
                "cls_loss": "train/cls_loss", "acc": "train/online_acc", "lr": "train/lr"}
@@ -67,17 +69,40 @@ def spectrum_plot(eigenvalues: np.ndarray, height: int = 240, width: int = 400) 
     return np.asarray(img)
 
 
+def keep_rows_up_to(path: Path, step: int) -> None:
+    """Rewrite the JSONL file ``path`` with only its rows of ``step`` or before (atomically;
+    a line cut short by a killed process is dropped too)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 class RunLogger:
     """Progress bar (step, epoch, loss, images/s, ETA), TensorBoard and ``metrics.jsonl``.
 
     The bar is tqdm on a terminal; when stderr is not one (a Ray worker, a batch job's log) it
     is one text line per log step instead, which log collectors forward as it comes.
 
+    A run that resumes from a checkpoint replays the steps after it: ``start_step`` (the
+    checkpoint's step) cuts ``metrics.jsonl`` back to the rows up to it, and TensorBoard gets
+    ``purge_step = start_step + 1``, which makes its readers drop the earlier attempt's events
+    from that step on. Each step appears once in the logs a run leaves.
+
     Args:
         run_dir: TensorBoard events go to ``run_dir/tensorboard``, scalars also to
             ``run_dir/metrics.jsonl`` (one JSON object per log step).
         rank: only rank 0 writes or shows anything.
-        total_steps, start_step: for the bar and its ETA.
+        total_steps, start_step: for the bar and its ETA; ``start_step``: where this attempt
+            resumes (0 for a fresh start), see above.
     """
 
     def __init__(self, run_dir: Path, *, rank: int, total_steps: int, start_step: int = 0,
@@ -92,7 +117,10 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            events = run_dir / "tensorboard"
+            earlier = events.is_dir() and any(events.iterdir())
+            self.writer = SummaryWriter(log_dir=str(events), purge_step=start_step + 1 if earlier else None)
+        keep_rows_up_to(run_dir / "metrics.jsonl", start_step)
         self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
         self.total_steps, self.start_step, self.started = total_steps, start_step, time.perf_counter()
         self.text_progress = progress_bar and not sys.stderr.isatty()

@@ -5,6 +5,11 @@ Ray's checkpoint API), under torchrun, or as one plain process::
 
     python -m eigenmap.train.worker configs/demo.yaml data.train_path=synthetic --json out.json
 
+Exit codes of the plain process: 0 finished, 2 bad config or arguments (a changed setting the
+run's checkpoint cannot follow, see :mod:`eigenmap.train.resume`; the run directory in use by
+another run), 3 stopped on a non-finite loss, 75 preempted (SIGTERM: a checkpoint was saved;
+run the same command again to resume).
+
 Nothing here imports Ray, FFCV or FAISS at import time; DeepSpeed is imported when the engine
 is built and is required (a clear error if missing).
 """
@@ -12,6 +17,7 @@ is built and is required (a clear error if missing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -25,14 +31,20 @@ from typing import Any, Optional
 import torch
 
 from eigenmap import dist
-from eigenmap.config import Config, ConfigError, save_config
+from eigenmap.config import Config, ConfigError, to_dict, to_yaml
 from eigenmap.data import SYNTHETIC, BatchAugment, SyntheticTwoViewLoader, build_train_loader
+from eigenmap.data.manifest import dataset_identity
+from eigenmap.data.prefetch import AugmentAhead
+from eigenmap.durable import atomic_write_text
 from eigenmap.models import EigenmapModel, build_model
 from eigenmap.train.checkpoint import (CheckpointStore, LocalCheckpointStore, TrainerState, export_weights,
-                                       read_checkpoint, write_checkpoint)
+                                       read_checkpoint, read_meta, write_checkpoint)
 from eigenmap.train.checks import load_train_config
 from eigenmap.train.engine import build_engine, init_process_group, pick_device, precision_of
 from eigenmap.train.optim import build_optimizer, set_lr
+from eigenmap.train.preempt import EXIT_CODES, StopRequest, clear_stop_request, sigterm_sets_stop_flag
+from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP, check_resume, reposition
+from eigenmap.train.run_lock import RunLockError, run_lock
 from eigenmap.train.run_logger import RunLogger
 from eigenmap.train.schedule import lr_factor
 from eigenmap.train.step import train_step
@@ -55,9 +67,9 @@ def build_loader(cfg: Config, *, rank: int, world_size: int, device: torch.devic
 
 def build_augment(cfg: Config, *, rank: int, device: torch.device) -> BatchAugment:
     """Batched colour/blur/solarize augmentations on the device, seeded per rank, in the
-    memory format the model wants."""
+    memory format the model wants; compiled with the model (``dist.compile``, GPUs only)."""
     return BatchAugment(cfg.data, seed=cfg.train.seed * 65_536 + rank, device=device,
-                        channels_last=cfg.model.channels_last)
+                        channels_last=cfg.model.channels_last, compile=cfg.dist.compile)
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,8 @@ class WorkerParts:
     augment: BatchAugment
     store: CheckpointStore
     logger: RunLogger
+    stop: StopRequest
+    run_info: dict  # recorded in each checkpoint's meta.json: the resume rules compare with it
 
     @property
     def model(self) -> EigenmapModel:
@@ -130,16 +144,21 @@ def _record_worker(run_dir: Path, rank: int, device: torch.device, resumed_from:
                                 "world_size": dist.get_world_size()}) + "\n")
 
 
-def train(cfg: Config, store: Optional[CheckpointStore] = None) -> dict[str, Any]:
+def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
+          allow_config_change: bool = False) -> dict[str, Any]:
     """Train (or resume) the run described by ``cfg``; call on every rank.
 
     Args:
-        cfg: a config from :func:`eigenmap.train.checks.load_train_config` (resolved, checked).
+        cfg: a config from :func:`eigenmap.train.checks.load_train_config` (resolved, checked;
+            the entry point has applied :func:`eigenmap.train.resume.check_resume`).
         store: where checkpoints go and the latest is found; default: ``run_dir/checkpoints``.
+        allow_config_change: the user allowed settings that change the checkpoint's meaning
+            (``--allow-config-change``): a checkpoint of another worker count may load.
 
     Returns:
-        Summary (the same keys as ``run_dir/status.json``): ``status`` ("finished" or
-        "nonfinite"), ``step``, ``epoch``, ``total_steps``, ``metrics``, ``message``.
+        Summary (the same keys as ``run_dir/status.json``): ``status`` ("finished",
+        "nonfinite" or "preempted"), ``step``, ``epoch``, ``total_steps``, ``metrics``,
+        ``message``.
     """
     device = pick_device(cfg)
     init_process_group(device)
@@ -150,7 +169,8 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None) -> dict[str, Any
     _use_device(cfg, device)
     run_dir = Path(cfg.train.run_dir)
     if rank == 0:
-        save_config(cfg, run_dir / "config.yaml")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     store = store or LocalCheckpointStore(run_dir / "checkpoints", cfg.train.keep_checkpoints)
     loader = build_loader(cfg, rank=rank, world_size=world, device=device)
     plan = StepPlan.of(cfg, len(loader))
@@ -162,24 +182,40 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None) -> dict[str, Any
     state, resumed_from = TrainerState(), None
     with store.latest() as ckpt:
         if ckpt is not None:
-            state = read_checkpoint(ckpt, engine, augment)
+            state = _resume(cfg, ckpt, engine, augment, plan, allow_config_change)
             resumed_from = state.step
-            if rank == 0:
-                log.info("resumed from %s at step %d (epoch %d, step %d in epoch)", ckpt, state.step, state.epoch,
-                         state.step_in_epoch)
     _record_worker(run_dir, rank, device, resumed_from)
     logger = RunLogger(run_dir, rank=rank, total_steps=plan.total_steps, start_step=state.step,
                        progress_bar=cfg.train.progress_bar, tensorboard=cfg.train.tensorboard)
+    run_info = {"config": to_dict(cfg), "data": dataset_identity(cfg.data.train_path)}
+    parts = WorkerParts(engine, optimizer, loader, augment, store, logger, StopRequest(run_dir), run_info)
     try:
-        summary = _loop(cfg, WorkerParts(engine, optimizer, loader, augment, store, logger), plan, state, device)
+        with sigterm_sets_stop_flag():
+            summary = _loop(cfg, parts, plan, state, device)
     finally:
         logger.close()
     if rank == 0:
         if summary["status"] == "finished":
             summary["weights"] = {k: str(v) for k, v in export_weights(engine.module, run_dir).items()}
-        (run_dir / "status.json").write_text(json.dumps(summary, indent=1))
+        atomic_write_text(run_dir / "status.json", json.dumps(summary, indent=1))
     dist.barrier()
     return summary
+
+
+def _resume(cfg: Config, ckpt: Path, engine: Any, augment: BatchAugment, plan: StepPlan,
+            allow_config_change: bool) -> TrainerState:
+    """Restore ``ckpt``; where the global batch changed (allowed), re-derive the loader position."""
+    state = read_checkpoint(ckpt, engine, augment, allow_world_change=allow_config_change)
+    old_batch = read_meta(ckpt).get("config", {}).get("derived", {}).get("global_batch_size")
+    moved = reposition(state, old_global_batch=old_batch or cfg.derived.global_batch_size,
+                       new_global_batch=cfg.derived.global_batch_size, steps_per_epoch=plan.steps_per_epoch)
+    if dist.get_rank() == 0:
+        log.info("resumed from %s at step %d (epoch %d, step %d in epoch)", ckpt, state.step, state.epoch,
+                 state.step_in_epoch)
+        if moved != state:
+            log.warning("loader position re-derived for global batch %d (was %s): epoch %d, step %d in epoch",
+                        cfg.derived.global_batch_size, old_batch, moved.epoch, moved.step_in_epoch)
+    return moved
 
 
 class _RateWindow:
@@ -202,14 +238,18 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
     t = cfg.train
     window = _RateWindow(cfg.data.batch_size_per_worker)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # device-side: no host sync per step
+    solo = dist.get_world_size() == 1  # no other rank to agree with: a stop request is seen at every step
     metrics: dict[str, float] = {}
     parts.engine.train()
     while state.step < plan.total_steps:
         parts.loader.set_epoch(state.epoch, start_step=state.step_in_epoch)
-        for view1, view2, labels in parts.loader:
+        epoch_start = state.step
+        # colour/blur/solarize batched on the training device, the next batch while this step
+        # runs (a side stream on GPUs); checkpoints take the augmentation's state from `ahead`
+        ahead = AugmentAhead(parts.loader, parts.augment)
+        for x1, x2, labels in ahead:
             set_lr(parts.optimizer, plan.lr_factor(state.step))
-            x1, x2 = parts.augment(view1, view2)  # colour/blur/solarize batched on the training device
-            out = train_step(parts.engine, x1, x2, labels.to(device, non_blocking=True))
+            out = train_step(parts.engine, x1, x2, labels)
             nonfinite |= ~torch.isfinite(out["total"].detach())
             state.step += 1
             state.step_in_epoch += 1
@@ -218,26 +258,44 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
             epoch_end, last = state.step_in_epoch == plan.steps_per_epoch, state.step == plan.total_steps
             log_now = state.step % t.log_every_steps == 0 or epoch_end or last
             save_now = state.step % t.checkpoint_every_steps == 0 or epoch_end or last
-            if not (log_now or save_now):
+            if not (log_now or save_now or (solo and parts.stop.requested())):
                 continue
-            # the loss can stay finite while BN or L2-BN statistics overflow: check both, in ONE
-            # collective, so every rank stops at the same step
-            if dist.any_rank((nonfinite | _nonfinite_state(parts.model)).view(1))[0]:
-                return _stop_nonfinite(state, out, plan.total_steps)
+            # the loss can stay finite while BN or L2-BN statistics overflow: check both, and a
+            # stop request (SIGTERM), in ONE collective, so every rank stops at the same step
+            local = torch.stack([nonfinite | _nonfinite_state(parts.model),
+                                 torch.tensor(parts.stop.requested(), device=device)])
+            stop_nonfinite, stop_requested = dist.any_rank(local)
+            if stop_nonfinite:
+                return _stop_nonfinite(state, out, plan)
             if log_now:
                 metrics = _log(parts, state, out, window.rate())
             if epoch_end:
                 stats = parts.model.statistics()
                 parts.logger.spectrum(state.step, stats.eigenvalues if stats is not None else None)
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
-            if save_now:
-                parts.store.save(state.step, lambda d: write_checkpoint(d, parts.engine, state, parts.augment, metrics),
-                                 {**metrics, "step": state.step, "epoch": state.epoch})
+            if save_now or stop_requested:
+                _save(parts, state, metrics, ahead)
             window.restart()  # rates leave out logging and checkpoints
+            if stop_requested:
+                return _stop_preempted(state, plan, metrics)
             if epoch_end or last:
                 break
-    return {"status": "finished", "step": state.step, "epoch": state.epoch, "total_steps": plan.total_steps,
-            "metrics": metrics, "message": f"finished {state.step} steps"}
+        if state.step == epoch_start:  # an epoch without a batch would repeat forever
+            raise RuntimeError(f"the loader yielded no batch for epoch {state.epoch} from step {state.step_in_epoch} "
+                               f"of {plan.steps_per_epoch} while {plan.total_steps - state.step} steps remain")
+    return _summary("finished", state, plan, metrics, f"finished {state.step} steps")
+
+
+def _summary(status: str, state: TrainerState, plan: StepPlan, metrics: dict, message: str) -> dict[str, Any]:
+    return {"status": status, "step": state.step, "epoch": state.epoch, "total_steps": plan.total_steps,
+            "metrics": metrics, "message": message}
+
+
+def _save(parts: WorkerParts, state: TrainerState, metrics: dict[str, float], ahead: AugmentAhead) -> None:
+    def write(path: Path) -> None:  # the augmentation's state as of the next batch, not the one augmented ahead
+        write_checkpoint(path, parts.engine, state, ahead, metrics, parts.run_info)
+
+    parts.store.save(state.step, write, {**metrics, "step": state.step, "epoch": state.epoch})
 
 
 def _log(parts: WorkerParts, state: TrainerState, out: dict[str, torch.Tensor], rate: float) -> dict[str, float]:
@@ -254,42 +312,55 @@ def _nonfinite_state(module: torch.nn.Module) -> torch.Tensor:
     return ~torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
-def _stop_nonfinite(state: TrainerState, out: dict, total_steps: int) -> dict[str, Any]:
+def _stop_nonfinite(state: TrainerState, out: dict, plan: StepPlan) -> dict[str, Any]:
     values = {k: float(v.detach().float()) for k, v in out.items()}
     message = (f"non-finite loss or model state by step {state.step} (last values {values}); stopped without saving, "
                f"the last good checkpoint stays the latest. Lower optim.base_lr or set optim.grad_clip.")
     log.error(message)
-    return {"status": "nonfinite", "step": state.step, "epoch": state.epoch, "total_steps": total_steps,
-            "metrics": values, "message": message}
+    return _summary("nonfinite", state, plan, values, message)
+
+
+def _stop_preempted(state: TrainerState, plan: StepPlan, metrics: dict) -> dict[str, Any]:
+    message = (f"preempted: stopped on request (SIGTERM) at step {state.step} with a checkpoint saved; run the "
+               f"same command again to resume from it")
+    if dist.get_rank() == 0:
+        log.warning(message)
+    return _summary("preempted", state, plan, metrics, message)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m eigenmap.train.worker CONFIG [key=value ...] [--json PATH]`` (plain or torchrun)."""
+    """``python -m eigenmap.train.worker CONFIG [key=value ...] [--json PATH] [--allow-config-change]``
+    (plain or torchrun)."""
     parser = argparse.ArgumentParser(prog="python -m eigenmap.train.worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     parser.add_argument("--json", default=None, help="write the run summary here (rank 0)")
+    parser.add_argument(ALLOW_FLAG, action="store_true", help=ALLOW_HELP)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        summary = train(cfg)
-        if args.json and dist.get_rank() == 0:
-            Path(args.json).write_text(json.dumps(summary, indent=1))
-    except ConfigError as e:  # found once the job's processes are known (dist.num_workers)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        # this process made the group (Ray Train tears down its own): NCCL otherwise warns at exit
-        # and its communicators outlive the run
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0 if summary["status"] == "finished" else 3
+    summary: dict[str, Any] = {}
+    with sigterm_sets_stop_flag():  # from the start: a SIGTERM during set-up stops at step one
+        try:
+            cfg = load_train_config(args.config, args.overrides)
+            # rank 0 of torchrun (or the one plain process) holds the run directory's lock
+            lead = int(os.environ.get("RANK", "0")) == 0
+            with run_lock(cfg.train.run_dir) if lead else contextlib.nullcontext():
+                check_resume(cfg, allow_config_change=args.allow_config_change, report=lead)
+                if lead:
+                    clear_stop_request(cfg.train.run_dir)
+                summary = train(cfg, allow_config_change=args.allow_config_change)
+            if args.json and dist.get_rank() == 0:
+                Path(args.json).write_text(json.dumps(summary, indent=1))
+        except (ConfigError, RunLockError) as e:  # also found once the job's processes are known
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        finally:
+            # this process made the group (Ray Train tears down its own): NCCL otherwise warns at
+            # exit and its communicators outlive the run
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+    return EXIT_CODES.get(summary["status"], 3)
 
 
 if __name__ == "__main__":

@@ -215,3 +215,47 @@ def test_a_writer_process_that_dies_fails_the_write_instead_of_hanging(tmp_path)
     writer = _make_writer(str(tmp_path / "x.beton"), {"image": RGBImageField(), "label": IntField()}, 1 << 21, 2)
     with pytest.raises(WriterError, match="exited with code 3"):
         writer.from_indexed_dataset(Dying(), indices=np.arange(50))
+
+
+def test_a_rewrite_that_fails_before_publishing_leaves_the_old_pair_valid(imagenette_subset, tmp_path, monkeypatch):
+    """The old OUT is never deleted first: until the new file and manifest are both complete,
+    the old pair stays in place and consistent (here the new manifest cannot be written)."""
+    from eigenmap.data import writer
+    from eigenmap.data.beton_check import beton_problems
+
+    out = tmp_path / "a.beton"
+    old = write_beton(imagenette_subset, out, workers=1)
+    old_bytes = out.read_bytes()
+
+    def disk_full(manifest, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer, "write_manifest", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_beton(imagenette_subset, out, workers=1, overwrite=True, max_resolution=32)
+    assert out.read_bytes() == old_bytes and read_manifest(out) == old
+    assert beton_problems(out, checksum=True) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.beton", "a.beton.json"]  # no leftovers
+
+
+def test_the_new_pair_is_published_together_under_the_folders_lock(imagenette_subset, tmp_path):
+    """A second prepare (or a training start's check) holding the folder's lock keeps this one
+    from publishing half a pair; once released, file and manifest arrive together."""
+    import threading
+
+    from eigenmap.data.beton_check import beton_problems
+    from eigenmap.durable import folder_lock
+
+    out = tmp_path / "b.beton"
+    done: list = []
+    with folder_lock(tmp_path):
+        thread = threading.Thread(target=lambda: done.append(write_beton(imagenette_subset, out, workers=1)))
+        thread.start()
+        deadline = time.monotonic() + 120
+        while not any(".b.beton.json.partial" in p.name for p in tmp_path.iterdir()):  # ready to publish
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert not out.exists() and not Path(str(out) + ".json").exists()  # waits for the lock
+    thread.join(timeout=120)
+    assert done and beton_problems(out, checksum=True) == [] and read_manifest(out) == done[0]

@@ -7,17 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from worker_helpers import TINY_CONFIG
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-
-TINY_CONFIG = """\
-model: {arch: resnet18, small_image_stem: false, projector_hidden_dim: 64, projector_out_dim: 64, num_classes: 10}
-loss: {alpha: 0.01}
-optim: {name: lars, base_lr: 0.3, warmup_epochs: 1}
-data: {resolution: 32, eval_resize: 32, batch_size_per_worker: 16, loader_workers: 1, synthetic_images: 256}
-dist: {num_workers: 1, cpus_per_worker: 1, zero_stage: 0, max_failures: 0}
-train: {epochs: 2, log_every_steps: 2, checkpoint_every_steps: 4, keep_checkpoints: 2, progress_bar: false}
-"""
 
 
 @pytest.fixture()
@@ -26,3 +18,22 @@ def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_CONFIG)
     return path
+
+
+@pytest.fixture(scope="session")
+def twelve_class_beton(tmp_path_factory) -> Path:
+    """A real FFCV file (our writer, with its manifest) of 12 classes x 2 generated images."""
+    import numpy as np
+    from PIL import Image
+
+    from eigenmap.data import write_beton
+
+    root = tmp_path_factory.mktemp("twelve_classes")
+    for c in range(12):
+        (root / "src" / f"class{c:02d}").mkdir(parents=True)
+        for i in range(2):
+            pixels = np.full((24, 24, 3), 10 * c + i, dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "src" / f"class{c:02d}" / f"{i}.png")
+    out = root / "x.beton"
+    write_beton(root / "src", out, workers=1)
+    return out

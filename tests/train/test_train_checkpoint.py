@@ -1,4 +1,5 @@
-"""Checkpoint directories: atomic publication, keep-last-K, latest-complete, exported weights."""
+"""Checkpoint directories: atomic publication, keep-last-K, latest-complete, file lists with
+checksums and the fall-back past a damaged one, exported weights."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torchvision
 
 from eigenmap.config import from_dict
 from eigenmap.models import build_model
-from eigenmap.train.checkpoint import LocalCheckpointStore, export_weights, find_latest, is_complete
+from eigenmap.train.checkpoint import (LocalCheckpointStore, export_weights, find_latest, is_complete, newest_good,
+                                       verify_checkpoint)
 
 
 def _write_complete(step: int):
@@ -71,3 +73,59 @@ def test_exported_encoder_is_a_plain_torchvision_state_dict(tmp_path):
     fresh = build_model(cfg)
     fresh.load_state_dict(full)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _saved(tmp_path: Path, steps=(4, 8)) -> Path:
+    root = tmp_path / "checkpoints"
+    store = LocalCheckpointStore(root, keep=3)
+    for step in steps:
+        store.save(step, _write_complete(step), {})
+    return root
+
+
+def test_a_checkpoint_lists_its_files_with_sizes_and_checksums(tmp_path):
+    root = _saved(tmp_path, steps=(4,))
+    listed = json.loads((root / "step_00000004" / "files.json").read_text())
+    assert set(listed) == {"engine/mp_rank_00_model_states.pt", "trainer_state.pt", "rng_rank0.pt", "meta.json"}
+    engine = root / "step_00000004" / "engine" / "mp_rank_00_model_states.pt"
+    assert listed["engine/mp_rank_00_model_states.pt"]["bytes"] == engine.stat().st_size
+    assert len(listed["meta.json"]["sha256"]) == 64
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_path, caplog):
+    root = _saved(tmp_path)
+    engine = root / "step_00000008" / "engine" / "mp_rank_00_model_states.pt"
+    engine.write_bytes(engine.read_bytes()[:100])  # truncated on disk after it was published
+    assert not is_complete(root / "step_00000008")
+    assert "has 100 bytes" in verify_checkpoint(root / "step_00000008", checksums=False)
+    with caplog.at_level("WARNING", logger="eigenmap.train.checkpoint"):
+        with LocalCheckpointStore(root, keep=3).latest() as latest:
+            assert latest == root / "step_00000004"
+    assert "step_00000008 is unusable" in caplog.text and "truncated" in caplog.text
+
+
+def test_damage_of_the_same_size_is_found_by_the_checksum(tmp_path, caplog):
+    root = _saved(tmp_path)
+    rng = root / "step_00000008" / "rng_rank0.pt"
+    data = bytearray(rng.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    rng.write_bytes(bytes(data))
+    assert verify_checkpoint(root / "step_00000008", checksums=False) is None  # sizes alone cannot tell
+    assert "does not match its checksum" in verify_checkpoint(root / "step_00000008", checksums=True)
+    with caplog.at_level("WARNING", logger="eigenmap.train.checkpoint"):
+        assert newest_good(None, root) == root / "step_00000004"
+    assert "step_00000008 is unusable (rng_rank0.pt does not match its checksum" in caplog.text
+    # a launcher's candidate (Ray's latest) is verified the same way, then the older ones
+    assert newest_good(root / "step_00000008", root) == root / "step_00000004"
+
+
+def test_a_file_the_list_does_not_know_makes_the_checkpoint_incomplete(tmp_path):
+    root = _saved(tmp_path, steps=(4,))
+    (root / "step_00000004" / "rng_rank1.pt").write_bytes(b"x")  # e.g. a rank's list that never arrived
+    assert "not in its file list" in verify_checkpoint(root / "step_00000004", checksums=False)
+
+
+def test_a_checkpoint_written_before_file_lists_still_counts_when_whole(tmp_path):
+    step_dir = tmp_path / "checkpoints" / "step_00000004"
+    _write_complete(4)(step_dir)
+    assert is_complete(step_dir) and find_latest(tmp_path / "checkpoints") == step_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,16 +41,13 @@ def test_lars_with_zero_sharding_is_refused():
     check_train_config(_cfg(optim={"name": "sgd"}, dist={"zero_stage": 2}, data={"train_path": "synthetic"}))
 
 
-def test_data_path_problems_are_named(tmp_path):
+def test_data_path_problems_are_named(tmp_path, twelve_class_beton):
     with pytest.raises(ConfigError, match="data.train_path' is empty"):
         check_train_config(_cfg())
     with pytest.raises(ConfigError, match="does not exist"):
         check_train_config(_cfg(data={"train_path": str(tmp_path / "missing.beton")}))
-    beton = tmp_path / "x.beton"
-    beton.write_bytes(b"")
-    classes = [str(i) for i in range(12)]
-    (tmp_path / "x.beton.json").write_text(json.dumps({"classes": classes, "counts": {c: 1 for c in classes},
-                                                       "num_images": 12, "skipped": [], "max_resolution": None}))
+    beton = twelve_class_beton  # a real file: an empty one is refused before its manifest is read
+    assert len(json.loads(Path(str(beton) + ".json").read_text())["classes"]) == 12
     with pytest.raises(ConfigError, match="model.num_classes.*12"):
         check_train_config(_cfg(data={"train_path": str(beton)}, model={"num_classes": 10}))
     check_train_config(_cfg(data={"train_path": str(beton)}, model={"num_classes": 12}))

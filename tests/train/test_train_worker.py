@@ -7,24 +7,13 @@ Ray, so no process group or thread setting leaks into the test process.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from worker_helpers import run_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
-
-
-def run_worker(config: Path, *overrides: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "eigenmap.train.worker", str(config), *overrides],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    return proc
 
 
 def test_resume_gives_the_same_parameters_as_one_uninterrupted_run(tiny_config, small_beton, tmp_path):
