@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from launch.arg_types import int_at_least
+
 HELP = """\
 Write SRC to the FFCV file OUT (and OUT.json, the manifest: classes with their labels, counts
 per class, every skipped file with its reason).
@@ -35,18 +37,6 @@ fast; for small images (<= 96 px) --write-mode raw trades disk for no JPEG decod
 """
 
 
-def _positive(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
-    return parse
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "prepare", help="write an ImageFolder tree or IDX files to an FFCV .beton",
@@ -56,11 +46,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("out", metavar="OUT", nargs="?", help="the .beton to write (its manifest goes to OUT.json)")
     parser.add_argument("--verify", metavar="OUT", default=None,
                         help="instead of writing: check OUT against its manifest (size, image count, SHA-256)")
-    parser.add_argument("--max-resolution", type=_positive("--max-resolution"), default=None, metavar="N",
+    parser.add_argument("--max-resolution", type=int_at_least("--max-resolution", 1), default=None, metavar="N",
                         help="shrink images whose longest side exceeds N px (default: keep sizes)")
-    parser.add_argument("--jpeg-quality", type=_positive("--jpeg-quality"), default=90, metavar="Q",
+    parser.add_argument("--jpeg-quality", type=int_at_least("--jpeg-quality", 1), default=90, metavar="Q",
                         help="JPEG quality 1-100 of the stored images (default: 90)")
-    parser.add_argument("--workers", type=_positive("--workers"), default=os.cpu_count() or 1, metavar="N",
+    parser.add_argument("--workers", type=int_at_least("--workers", 1), default=os.cpu_count() or 1, metavar="N",
                         help="writer processes (default: all CPUs, %(default)s here)")
     parser.add_argument("--write-mode", choices=("jpg", "raw"), default="jpg",
                         help="store JPEG (compact) or raw pixels (no decode; for small images) (default: jpg)")

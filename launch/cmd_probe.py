@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from launch.arg_types import int_at_least
 from launch.eval_inputs import add_extraction_arguments, dataset_arrays, pick_device
 
 
@@ -36,9 +37,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--val", type=Path, required=True, help="validation set: .beton or feature folder")
     p.add_argument("--augmented", action="store_true",
                    help="the paper's protocol: new random-resized-crop + flip views each epoch (needs a .beton)")
-    p.add_argument("--epochs", type=int, default=None, help="probe epochs (default: the run's eval.probe_epochs)")
+    p.add_argument("--epochs", type=int_at_least("--epochs", 1), default=None,
+                   help="probe epochs (default: the run's eval.probe_epochs)")
     p.add_argument("--lr", type=float, default=None, help="probe SGD lr (default: eval.probe_lr)")
-    p.add_argument("--knn-k", type=int, nargs="+", default=None, metavar="K", help="kNN k's (default: eval.knn_ks)")
+    p.add_argument("--knn-k", type=int_at_least("--knn-k", 1), nargs="+", default=None, metavar="K",
+                   help="kNN k's (default: eval.knn_ks)")
     add_extraction_arguments(p)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here too")
     p.set_defaults(func=run)
@@ -52,9 +55,6 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_run(args.run, device=device)
         if args.augmented and not args.train.is_file():
             raise ValueError(f"--augmented draws new views from the images: --train must be a .beton, got '{args.train}'")
-        for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"{flag} {value}: accepted: 1 or more")
         train = dataset_arrays(loaded, args.run, args.train, args, device)
         val = dataset_arrays(loaded, args.run, args.val, args, device)
         figures = evaluate(loaded, train, val, args, device)

@@ -24,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+from launch.arg_types import int_at_least
 from launch.eval_inputs import add_extraction_arguments, dataset_arrays, open_run, pick_device
 
 
@@ -40,10 +41,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat", help="exact or approximate search")
     p.add_argument("--backend", choices=("auto", "faiss-cpu", "faiss-gpu", "torch"), default="auto",
                    help="search backend (default auto: faiss-gpu, else torch on CUDA, else faiss-cpu)")
-    p.add_argument("--R", type=int, default=100, help="neighbours per query and metric cut-off (default 100)")
+    p.add_argument("--R", type=int_at_least("--R", 1), default=100,
+                   help="neighbours per query and metric cut-off (default 100)")
     p.add_argument("--no-baselines", action="store_true", help="skip the random-subset and PCA baselines")
     p.add_argument("--no-funnel", action="store_true", help="skip the adaptive funnel")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds per length (default 3)")
+    p.add_argument("--repeats", type=int_at_least("--repeats", 1), default=3, help="timed rounds per length (default 3)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/eval/retrieval/<codes|features>)")
     add_extraction_arguments(p)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here too")

@@ -18,6 +18,7 @@ import torch
 
 from eigenmap.eval.features import SIDECAR, FeatureSet, extract_features, feature_folder, load_features, matches
 from eigenmap.run_dir import LoadedRun, load_run
+from launch.arg_types import int_at_least
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +27,17 @@ __all__ = ["add_extraction_arguments", "pick_device", "dataset_arrays", "is_feat
 
 def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     """The options of every command that may run the encoder over a dataset."""
-    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default 256)")
+    p.add_argument("--batch-size", type=int_at_least("--batch-size", 1), default=256, metavar="N",
+                   help="images per forward pass (default 256)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     p.add_argument("--scale-by-eigenvalue", action="store_true",
                    help="codes times sqrt(eigenvalue) (NeuralEF); default: psi / sqrt(running mean square)")
-    p.add_argument("--workers", type=int, default=0, metavar="N",
+    p.add_argument("--workers", type=int_at_least("--workers", 0), default=0, metavar="N",
                    help="extract on N Ray workers, each its shard (0 = this process, the default)")
     p.add_argument("--address", default=None, help="Ray cluster for --workers (default: an embedded local one)")
     p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if CUDA)")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs per Ray worker (default 1)")
+    p.add_argument("--cpus-per-worker", type=int_at_least("--cpus-per-worker", 1), default=1,
+                   help="CPUs per Ray worker (default 1)")
 
 
 def pick_device(name: Optional[str]) -> torch.device:
