@@ -2,7 +2,10 @@
 # The GPU check, as one plain process per measurement, on a machine that has torch but maybe not
 # Ray, FFCV or FAISS (ENVIRONMENT.md). Wheels in .whl/ (DeepSpeed and its pure-Python needs) are
 # installed to a temporary site first when present. Figures go to $OUT (default ./gpu_out).
-#   bash tools/gpu_check.sh            # eager and torch.compile runs of the ResNet-50 224 px step
+#   bash tools/gpu_check.sh   # the ResNet-50 224 px step (eager, compiled), BatchAugment and its overlap
+# Figures: bench_step_{eager,compile}.json (pairs/s, ratio of the DeepSpeed worker loop to the
+# bare loop, fraction of the bf16 matmul rate) and bench_augment.json (ms per 256 pairs, old vs
+# new, eager vs compiled, per-stage breakdown, the share the side stream hides).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
@@ -19,4 +22,6 @@ python3 tools/bench_step.py --device cuda --arch resnet50 --resolution 224 --syn
   --json "$OUT/bench_step_eager.json" 2>&1 | tee "$OUT/bench_step_eager.log" || rc=1
 python3 tools/bench_step.py --device cuda --arch resnet50 --resolution 224 --synthetic --no-ray --compile \
   --json "$OUT/bench_step_compile.json" 2>&1 | tee "$OUT/bench_step_compile.log" || rc=1
+python3 tools/bench_augment.py --device cuda --batch 256 --resolution 224 --overlap \
+  --json "$OUT/bench_augment.json" 2>&1 | tee "$OUT/bench_augment.log" || rc=1
 exit $rc

@@ -113,3 +113,12 @@ def test_bench_step_on_real_data_reports_the_worker_loop_over_the_model_step(sma
     assert worker["status"] == "finished" and worker["images_per_sec"] > 0
     assert data["ratios"]["deepspeed_over_model_step"] == pytest.approx(worker["images_per_sec"] / model_step)
     assert "deepspeed_over_model_step" in done.stdout
+
+
+def test_the_backbone_alone_bound_runs_and_reports_pairs_per_second():
+    """The GPU target compares the worker loop with this rate measured in the same run."""
+    bench = _load_bench()
+    args = bench.parse_arguments(["--arch", "resnet18", "--resolution", "32", "--batch", "4", "--warmup", "3",
+                                  "--steps", "6", "--window", "3"])
+    figures = bench.backbone_alone(args)
+    assert len(figures["window_rates"]) == 2 and figures["images_per_sec"] > 0

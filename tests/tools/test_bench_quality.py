@@ -1,0 +1,86 @@
+"""tools/bench_quality.py: a tiny run of two methods end to end, resumed; the results page."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "tools" / "bench_quality.py"
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_imagefolder(imagenette_dir, tmp_path_factory) -> Path:
+    """train/ and val/ of 10 Imagenette classes: 16 and 4 images each (links)."""
+    root = tmp_path_factory.mktemp("quality-data")
+    for split, n in (("train", 16), ("val", 4)):
+        for cls in sorted((imagenette_dir / split).iterdir()):
+            (root / split / cls.name).mkdir(parents=True)
+            for f in sorted(cls.iterdir())[:n]:
+                (root / split / cls.name / f.name).symlink_to(f)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_bench_quality_trains_evaluates_and_resumes(tiny_imagefolder, tmp_path):
+    out, figures = tmp_path / "out", tmp_path / "quality.json"
+    cmd = [sys.executable, str(BENCH), "--data", str(tiny_imagefolder), "--epochs", "1", "--out", str(out),
+           "--methods", "neuralef_stopgrad", "random_init", "--json", str(figures),
+           "--results-md", str(tmp_path / "results.md"),
+           "--set", "data.batch_size_per_worker=32", "data.resolution=32", "data.eval_resize=36",
+           "model.projector_hidden_dim=64", "eval.probe_epochs=2"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads(figures.read_text())
+    assert set(data["methods"]) == {"neuralef_stopgrad", "random_init"}
+    trained, untrained = data["methods"]["neuralef_stopgrad"], data["methods"]["random_init"]
+    assert trained["step"] == 5 and untrained["step"] == 0  # 160 images / 32 per step
+    assert set(trained["map_at_100"]) == {"8", "16", "32", "64", "128", "256", "512"}
+    for m in (trained, untrained):
+        assert 0 <= m["probe_top1"] <= 100 and 0 <= m["knn20_top1"] <= 100 and m["pca_map"]["512"] > 0
+    assert -1.0 <= trained["eigenvalue_spearman"] <= 1.0 and untrained["eigenvalue_spearman"] is None
+    assert trained["train_seconds"] > 0
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "training:" not in again.stdout  # finished runs and their evaluations are reused
+    assert json.loads(figures.read_text())["methods"] == data["methods"]
+    assert not (tmp_path / "results.md").exists()  # a part of the comparison never writes the page
+
+
+def test_the_results_page_holds_every_method_and_the_command():
+    bench = _load_bench()
+    lengths = ["8", "16", "32", "64", "128", "256", "512"]
+    method = {"code_length": 512, "probe_top1": 45.0, "probe_top5": 90.0, "knn20_top1": 41.0, "knn200_top1": 40.0,
+              "map_at_100": dict.fromkeys(lengths, 0.3), "random_subset_map": dict.fromkeys(lengths, 0.2),
+              "pca_map": dict.fromkeys(lengths, 0.25), "eigenvalue_spearman": -0.9, "train_seconds": 600.0}
+    results = {"data": "DATA", "train_images": 100, "val_images": 50, "epochs": 15, "probe_epochs": 100,
+               "methods": {name: dict(method) for name in bench.METHODS}}
+    results["methods"]["random_init"].update(eigenvalue_spearman=None, train_seconds=0.0)
+    page = bench.results_markdown(results, "python tools/bench_quality.py --json F")
+    assert "python tools/bench_quality.py --json F" in page
+    for name in bench.METHODS:
+        assert f"| {name} | 45.0 | 90.0 | 41.0 | 40.0 |" in page, name
+    assert "| neuralef_stopgrad | 64 | 0.300 | 0.200 | 0.250 |" in page and "untrained" in page
+
+
+def test_spearman_is_minus_one_for_a_decreasing_spectrum():
+    from eigenmap.eval.spectrum import eigenvalue_order, spearman
+
+    assert eigenvalue_order(np.linspace(1.0, 0.0, 50)) == pytest.approx(-1.0)
+    assert spearman([0, 1, 2, 3], [1, 1, 2, 2]) == pytest.approx(0.8944271909999159)  # ties share ranks
