@@ -60,7 +60,9 @@ def test_bench_quality_trains_evaluates_and_resumes(tiny_imagefolder, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training:" not in again.stdout  # finished runs and their evaluations are reused
     assert json.loads(figures.read_text())["methods"] == data["methods"]
-    assert not (tmp_path / "results.md").exists()  # a part of the comparison never writes the page
+    page = (tmp_path / "results.md").read_text()  # a part of the comparison names what it left out
+    assert "Methods not run in this comparison: neuralef, simclr, barlow_twins, spectral_contrastive." in page
+    assert "| neuralef_stopgrad |" in page and "| random_init |" in page
 
 
 def test_the_results_page_holds_every_method_and_the_command():
@@ -77,6 +79,7 @@ def test_the_results_page_holds_every_method_and_the_command():
     for name in bench.METHODS:
         assert f"| {name} | 45.0 | 90.0 | 41.0 | 40.0 |" in page, name
     assert "| neuralef_stopgrad | 64 | 0.300 | 0.200 | 0.250 |" in page and "untrained" in page
+    assert "not run" not in page
 
 
 def test_spearman_is_minus_one_for_a_decreasing_spectrum():

@@ -1,0 +1,102 @@
+"""Wall-clock timing of searches, robust to a shared machine.
+
+Runs are interleaved: each round runs every search once, so load that drifts over the minutes a
+benchmark takes slows all lengths alike instead of whichever ran last. One warm-up round is not
+recorded; the figure kept is the best round (the least disturbed), with the median beside it.
+Each timed run also records the CPU share other processes (and, on a VM, the hypervisor) took
+meanwhile, from /proc/stat, so a reader can see how quiet the machine was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+_MIN_TICKS = 20  # /proc/stat counts 1/100 s ticks per CPU: shorter runs give no usable share
+
+logger = logging.getLogger(__name__)
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of the whole machine since boot; None without /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return total - fields[3] - fields[4], total
+
+
+def timed_run(fn: Callable[[], object]) -> tuple[float, float | None]:
+    """Run ``fn`` once: (wall seconds, share of the machine's CPU used by others meanwhile, or
+    None where /proc/stat is missing or the run was too short to tell)."""
+    before, own0 = _cpu_ticks(), os.times()
+    t0 = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t0
+    after, own1 = _cpu_ticks(), os.times()
+    if before is None or after is None or after[1] - before[1] < _MIN_TICKS:
+        return seconds, None  # too short for the clock-tick counters to say anything
+    own = (own1.user + own1.system - own0.user - own0.system) * os.sysconf("SC_CLK_TCK")
+    other = (after[0] - before[0] - own) / (after[1] - before[1])
+    return seconds, min(1.0, max(0.0, other))
+
+
+def wait_for_quiet(max_seconds: float, busy_share: float, window_seconds: float = 0.5) -> bool:
+    """Sleep until other processes use less than ``busy_share`` of the machine's CPU over a
+    ``window_seconds`` window; False when ``max_seconds`` pass first (or /proc/stat is missing)."""
+    deadline = time.monotonic() + max_seconds
+    while time.monotonic() < deadline:
+        before = _cpu_ticks()
+        time.sleep(window_seconds)
+        after = _cpu_ticks()
+        if before is None or after is None:
+            return False
+        if after[1] > before[1] and (after[0] - before[0]) / (after[1] - before[1]) < busy_share:
+            return True
+    return False
+
+
+def time_interleaved(runs: dict[str, Callable[[], object]], *, repeats: int = 3, warmup: int = 1,
+                     busy_retries: int = 0, busy_share: float = 0.1,
+                     quiet_wait_seconds: float = 0.0) -> dict[str, dict]:
+    """Time each callable ``repeats`` times in interleaved rounds, after ``warmup`` untimed rounds.
+
+    Args:
+        runs: name -> callable to time.
+        repeats: timed rounds.
+        warmup: untimed rounds first (caches, FAISS/BLAS thread pools, lazy allocations).
+        busy_retries: a run during which other processes took more than ``busy_share`` of the
+            machine's CPU is run again, up to this many times; the round keeps its fastest try.
+        busy_share: the share of the machine's CPU above which a run counts as disturbed.
+        quiet_wait_seconds: before each timed try, wait up to this long for the other processes'
+            share to drop under ``busy_share`` (0: no wait).
+
+    Returns:
+        name -> ``{"seconds": [...], "background_cpu": [...], "tries": [...], "best_seconds",
+        "median_seconds"}``, one entry per round in the lists.
+    """
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    out = {name: {"seconds": [], "background_cpu": [], "tries": []} for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            tries = []
+            while not tries or (len(tries) <= busy_retries and tries[-1][1] is not None and tries[-1][1] > busy_share):
+                if quiet_wait_seconds > 0:
+                    wait_for_quiet(quiet_wait_seconds, busy_share)
+                tries.append(timed_run(fn))
+            seconds, other = min(tries, key=lambda t: t[0])
+            out[name]["seconds"].append(seconds)
+            out[name]["background_cpu"].append(other)
+            out[name]["tries"].append(len(tries))
+    for name, rec in out.items():
+        rec["best_seconds"] = min(rec["seconds"])
+        rec["median_seconds"] = statistics.median(rec["seconds"])
+        logger.info("%s: best %.4f s, median %.4f s", name, rec["best_seconds"], rec["median_seconds"])
+    return out

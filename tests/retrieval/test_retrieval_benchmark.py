@@ -1,0 +1,157 @@
+"""run_benchmark and write_report end to end on a small seeded set; every bad input is a
+ValueError that names the problem; the package never imports eigenmap or launch."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import retrieval
+from retrieval.report import plot_map, plot_qps
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _clustered(n=1200, nq=40, k=32, classes=8, seed=0):
+    """Class-structured codes whose leading dimensions carry most of the class signal."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, k)) * 2
+    scale = (np.arange(k) + 1.0) ** -0.7
+    db_labels, q_labels = rng.integers(0, classes, n), rng.integers(0, classes, nq)
+    db = ((centres[db_labels] + rng.standard_normal((n, k))) * scale).astype(np.float32)
+    q = ((centres[q_labels] + rng.standard_normal((nq, k))) * scale).astype(np.float32)
+    return db, db_labels, q, q_labels
+
+
+@pytest.fixture(scope="module")
+def results():
+    db, db_labels, q, q_labels = _clustered()
+    return retrieval.run_benchmark(db, db_labels, q, q_labels, R=10, repeats=1, random_draws=3)
+
+
+def test_results_hold_every_figure_and_the_backend(results):
+    json.dumps(results, allow_nan=False)  # plain JSON
+    assert results["dims"] == [1, 2, 4, 8, 16, 32] and results["R"] == 10
+    assert results["sizes"] == {"database": 1200, "queries": 40, "code_length": 32, "database_dtype": "float32"}
+    assert results["search"]["backend"] == "faiss-cpu" and results["search"]["device"] == "cpu"
+    assert results["search"]["index"] == "IndexFlatIP" and results["search"]["threads"] >= 1
+    assert results["timing"]["interleaved"] is True and results["labels"]["kind"] == "single"
+    for rec in results["lengths"]:
+        assert rec["qps"] > 0 and len(rec["seconds"]) == 1
+        assert set(rec["codes"]) == {"map", "precision", "recall"}
+        assert 0 <= rec["pca"]["map"] <= 1 and rec["random_subset"]["map_std"] >= 0
+        assert len(rec["random_subset"]["draws"]) == 3
+    full = results["lengths"][-1]
+    assert full["speedup"] == 1.0 and results["reference_dim"] == 32
+    assert results["speedup_at_1_16"] == results["lengths"][1]["speedup"]  # 32 / 16 = 2
+    # class signal sits in the leading dimensions: longer prefixes retrieve better
+    maps = [rec["codes"]["map"] for rec in results["lengths"]]
+    assert maps[-1] > maps[0] + 0.2
+    assert full["random_subset"]["map_std"] == 0 and full["random_subset"]["map_mean"] == full["codes"]["map"]
+    funnel = results["funnel"]
+    assert funnel["short_dim"] == 2 and funnel["rerank_dim"] == 32 and funnel["shortlist_size"] == 20
+    assert funnel["full_length_map"] == full["codes"]["map"] and funnel["qps"] > 0
+    assert funnel["map_delta_points"] == pytest.approx(100 * (funnel["map"] - full["codes"]["map"]))
+    assert funnel["shortlist"]["backend"] == "faiss-cpu"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_report_files_table_and_plots(results, tmp_path):
+    paths = retrieval.write_report(results, tmp_path / "report")
+    assert set(paths) == {"json", "markdown", "map_plot", "qps_plot"}
+    assert json.loads(paths["json"].read_text()) == results
+    table = paths["markdown"].read_text()
+    assert "| length | mAP@10 | P@10 | R@10 | random-subset mAP@10" in table
+    assert "faiss-cpu on cpu" in table and "Funnel: shortlist of 20 with 2 dimensions" in table
+    assert table.count("\n| ") == 1 + len(results["lengths"])  # header + one row per length
+    for key in ("map_plot", "qps_plot"):
+        width, height = _png_size(paths[key])
+        assert width >= 800 and height >= 500
+    ax = plot_map(results).axes[0]
+    assert ax.get_xscale() == "log" and "code length" in ax.get_xlabel() and ax.get_ylabel() == "mAP@10"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("prefix" in s for s in labels) and any("random" in s for s in labels) and any("PCA" in s for s in labels)
+    ax = plot_qps(results).axes[0]
+    assert "queries per second" in ax.get_ylabel() and "faiss-cpu" in ax.get_title()
+
+
+def test_multi_label_memmap_and_torch_run(tmp_path):
+    db, db_labels, q, q_labels = _clustered(n=600, nq=20, k=16)
+    mm = np.lib.format.open_memmap(tmp_path / "db.npy", mode="w+", dtype=np.float32, shape=db.shape)
+    mm[:] = db
+    hot = np.eye(8, dtype=bool)
+    out = retrieval.run_benchmark(mm, hot[db_labels], q, hot[q_labels], dims=[4, 16], R=5, backend="torch",
+                                  device="cpu", baselines=False, funnel=False, repeats=1,
+                                  memory_budget_bytes=20_000, name="features")
+    assert out["labels"]["kind"] == "multi" and out["search"]["backend"] == "torch"
+    assert out["timing"]["interleaved"] is False and out["lengths"][1]["index"]["resident"] is False
+    assert out["funnel"] is None and out["baselines"] is None and out["speedup_at_1_16"] is None
+    single = retrieval.run_benchmark(db, db_labels, q, q_labels, dims=[4, 16], R=5, baselines=False,
+                                     funnel=False, repeats=1)
+    for a, b in zip(out["lengths"], single["lengths"]):  # one label per item: the same relevance
+        assert a["codes"] == pytest.approx(b["codes"], abs=1e-12)
+
+
+def _bad(**change):
+    db, db_labels, q, q_labels = _clustered(n=100, nq=5, k=8)
+    args = {"database": db, "database_labels": db_labels, "queries": q, "query_labels": q_labels, **change}
+    return args
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"R": 101}, "R = 101 is larger than the database"),
+        ({"R": 0}, "R must be at least 1"),
+        ({"dims": [9]}, r"code length 9 is outside \[1, 8\]"),
+        ({"dims": [0, 4]}, r"code length 0 is outside \[1, 8\]"),
+        ({"queries": np.ones((5, 6), np.float32)}, "queries have 6 dimensions but the database has 8"),
+        ({"database": np.zeros((0, 8), np.float32)}, "database is empty"),
+        ({"database": np.ones((100,), np.float32)}, r"database must be a 2-D float array"),
+        ({"database": np.ones((100, 8), np.int64)}, "database must hold floats"),
+        ({"database_labels": np.zeros(99, int)}, "database labels have 99 entries but there are 100"),
+        ({"query_labels": np.zeros(6, int)}, "query labels have 6 entries but there are 5"),
+        ({"memory_budget_bytes": 0}, "memory_budget_bytes must be a positive integer"),
+        ({"backend": "gpu"}, "backend must be one of"),
+        ({"index": "ivfpq"}, "index must be one of flat, ivf, hnsw"),
+    ],
+)
+def test_bad_input_is_named(change, match):
+    with pytest.raises(ValueError, match=match):
+        retrieval.run_benchmark(**_bad(**change), baselines=False, funnel=False, repeats=1)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"funnel_short_dim": 8}, r"rerank_dim \(8\) must be longer than short_dim \(8\)"),
+    ({"funnel_shortlist_size": 0}, "shortlist_size must be a positive integer"),
+    ({"random_draws": 0}, "random_draws must be a positive integer"),
+    ({"quiet_wait_seconds": -1}, "quiet_wait_seconds must be >= 0"),
+])
+def test_bad_funnel_and_baseline_settings_fail_before_any_index_is_built(change, match):
+    with pytest.raises(ValueError, match=match):
+        retrieval.run_benchmark(**_bad(), **change, repeats=1)
+
+
+@pytest.mark.parametrize("where, value", [("database", np.nan), ("database", np.inf), ("queries", -np.inf)])
+def test_non_finite_codes_name_the_row(where, value):
+    args = _bad()
+    bad = args[where].copy()
+    bad[3, 2] = value
+    args[where] = bad
+    with pytest.raises(ValueError, match=f"{where} row 3 contains NaN or inf"):
+        retrieval.run_benchmark(**args, baselines=False, funnel=False, repeats=1)
+
+
+def test_retrieval_never_imports_eigenmap_or_launch():
+    for path in (ROOT / "retrieval").rglob("*.py"):
+        text = path.read_text()
+        assert "import eigenmap" not in text and "from eigenmap" not in text and "launch" not in text, path
