@@ -4,7 +4,6 @@ and equality with the implementation it replaced (``tools/augment_reference.py``
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torchvision.transforms.v2.functional as TF
 from eigenmap.config import DataConfig, ViewAugmentConfig
 from eigenmap.data import BatchAugment
 from eigenmap.data.augment import _blur_conv, _blur_taps, _color_jitter, gaussian_kernels
+from script_loader import load_script
 
 RES = 32
 N = 4000  # samples per statistic: the standard error of a proportion is at most 0.008
@@ -167,10 +167,7 @@ MAX_DIFF = 1e-5  # after normalisation (x / std multiplies pixel round-off by up
 
 
 def _reference():
-    spec = importlib.util.spec_from_file_location("augment_reference", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/augment_reference.py")
 
 
 def _recipe(name: str, res: int) -> DataConfig:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,16 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "tools" / "bench_quality.py"
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/bench_quality.py")
 
 
 @pytest.fixture(scope="module")

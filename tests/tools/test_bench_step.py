@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,16 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "tools" / "bench_step.py"
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_step", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/bench_step.py")
 
 
 def test_step_flops_count_the_backward_as_twice_the_forward():
