@@ -10,6 +10,9 @@ Two rates, measured in turns in one run (``--rounds`` each, median):
               ``.npy`` files.
 
 The ratio extraction / forward is what the loader and the writes cost (target >= 0.9 on CPU).
+A third rate, ``loader`` (the evaluation loader alone, no forward), says how much CPU the decoding
+takes: on a machine whose cores the forward already fills, decoding runs on the same cores, so
+extraction / forward cannot exceed about 1 / (1 + forward rate / loader rate) there.
 The model is a freshly initialised one of ``--config`` (weights do not change the speed).
 
 Run: ``python tools/bench_extract.py --json F`` (defaults: ``../shared/data/imagenette2-96/val``,
@@ -46,6 +49,14 @@ def forward_rate(model, batches: list[torch.Tensor]) -> float:
         started = time.perf_counter()
         for x in batches:
             model.codes(x)
+    return n / (time.perf_counter() - started)
+
+
+def loader_rate(loader) -> float:
+    """Images/s of the evaluation loader alone (decode, resize, crop, normalise; no forward)."""
+    n, started = 0, time.perf_counter()
+    for x, _ in loader:
+        n += len(x)
     return n / (time.perf_counter() - started)
 
 
@@ -87,24 +98,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_images:
             batches = [b for i, b in enumerate(batches) if i * args.batch_size < args.max_images]
         images = sum(len(b) for b in batches)
-        rates: dict[str, list[float]] = {"forward": [], "extraction": []}
+        rates: dict[str, list[float]] = {"forward": [], "extraction": [], "loader": []}
         for r in range(args.rounds):
+            rates["loader"].append(loader_rate(loader))
             rates["forward"].append(forward_rate(model, batches))
             arrays = extract_features(model, cfg, beton, tmp / f"features{r}", weights=weights, step=None,
                                       batch_size=args.batch_size, progress=False)
             rates["extraction"].append(arrays.meta["images_per_second"])
             print(f"round {r + 1}: forward {rates['forward'][-1]:.0f} images/s, extraction "
-                  f"{rates['extraction'][-1]:.0f} images/s", flush=True)
+                  f"{rates['extraction'][-1]:.0f} images/s, loader alone {rates['loader'][-1]:.0f} images/s", flush=True)
     ratios = [e / f for e, f in zip(rates["extraction"], rates["forward"])]
     figures = {
         "data": str(args.data), "config": str(args.config), "arch": cfg.model.arch, "resolution": cfg.data.resolution,
         "batch_size": args.batch_size, "threads": args.threads, "loader_workers": args.loader_workers,
         "images_forward": images, "device": "cpu", "torch": torch.__version__,
         "forward_images_per_second": rates["forward"], "extraction_images_per_second": rates["extraction"],
+        "loader_images_per_second": rates["loader"],
         "ratio_per_round": ratios, "ratio": statistics.median(ratios),
+        "shared_cores_bound": 1 / (1 + statistics.median(rates["forward"]) / statistics.median(rates["loader"])),
     }
     print(f"extraction / forward: {figures['ratio']:.3f} (median of {args.rounds} rounds: "
-          f"{', '.join(f'{r:.3f}' for r in ratios)})")
+          f"{', '.join(f'{r:.3f}' for r in ratios)}); with the decoding on the forward's cores it could reach "
+          f"{figures['shared_cores_bound']:.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=1) + "\n")

@@ -25,7 +25,10 @@ def test_bench_extract_reports_extraction_over_the_forward_rate(small_val_beton,
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads(figures.read_text())
     assert len(data["forward_images_per_second"]) == len(data["extraction_images_per_second"]) == 2
-    assert all(r > 0 for r in data["forward_images_per_second"] + data["extraction_images_per_second"])
+    assert len(data["loader_images_per_second"]) == 2
+    assert all(r > 0 for r in data["forward_images_per_second"] + data["extraction_images_per_second"]
+               + data["loader_images_per_second"])
+    assert 0 < data["shared_cores_bound"] < 1
     ratios = [e / f for e, f in zip(data["extraction_images_per_second"], data["forward_images_per_second"])]
     assert data["ratio_per_round"] == pytest.approx(ratios)
     assert data["images_forward"] == 80 and "extraction / forward" in done.stdout
