@@ -151,7 +151,10 @@ def run(args: argparse.Namespace) -> int:
     seconds["report"] = time.perf_counter() - t0
     demo["stage_seconds"] = seconds
     (run_dir / "demo.json").write_text(json.dumps(demo, indent=1) + "\n")
-    eigenmap(["report", str(run_dir)])  # again, so the report shows its own stage's time too
+    if rc == 0:  # again, quietly, so the report shows its own stage's time too
+        from launch.report import write_run_report
+
+        write_run_report(run_dir)
     demo["total_seconds"] = time.perf_counter() - started
     demo["report"] = str((run_dir / "report" / "report.md").resolve())
     if args.json:

@@ -39,3 +39,6 @@ def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tm
     assert "backend faiss-cpu on cpu" in report and "tensorboard --logdir" in report
     assert "Not run yet" not in report
     assert summary["report"] == str(report_dir / "report.md")
+    announced = [line for line in done.stdout.splitlines() if line.startswith("report: ")]
+    assert len(announced) == 1, done.stdout  # the report is written twice, announced once
+    assert "| report |" in report  # the second, quiet pass holds the report stage's own time
