@@ -37,13 +37,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             # only the chosen subcommand's module is imported; the others get a help line
             sub.add_parser(name, help=f"see `eigenmap {name} --help`")
             continue
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue  # a subcommand not built yet is simply not offered
-        mod.add_parser(sub)
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
