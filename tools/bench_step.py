@@ -96,6 +96,22 @@ def _rate_figures(window_rates: list[float]) -> dict:
     return {"images_per_sec": median, "window_rates": window_rates}
 
 
+def _window_timed(step, args: argparse.Namespace, batch: int, device: torch.device) -> list[float]:
+    """Run ``step()`` for ``--warmup`` + ``--steps`` steps; images/s of each ``--window`` steps after
+    the warm-up. ``step()`` returns a tensor read once per window (a log step's host sync)."""
+    rates, t0 = [], None
+    for i in range(args.warmup + args.steps):
+        out = step()
+        if i + 1 == args.warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        elif i + 1 > args.warmup and (i + 1 - args.warmup) % args.window == 0:
+            out.item()
+            rates.append(args.window * batch / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+    return rates
+
+
 def bare_loop(cfg: Config, args: argparse.Namespace, pre_augmented: bool = False) -> dict:
     """The worker's step with nothing around it: no DeepSpeed, no process group, no logger.
 
@@ -116,28 +132,19 @@ def bare_loop(cfg: Config, args: argparse.Namespace, pre_augmented: bool = False
     engine = PlainEngine(torch.compile(model) if cfg.dist.compile else model, build_optimizer(model, cfg), precision)
     augment = build_augment(cfg, rank=0, device=device)
     loader = build_loader(cfg, rank=0, world_size=1, device=device)
-    rates = []
-    batch = cfg.data.batch_size_per_worker
     it = iter(loader)
-    t0 = None
     fixed = None
     if pre_augmented:
         v1, v2, labels = next(it)
         fixed = (*augment(v1, v2), labels)
-    for step in range(args.warmup + args.steps):
-        if fixed is None:
-            v1, v2, labels = next(it)
-            out = train_step(engine, *augment(v1, v2), labels)
-        else:
-            out = train_step(engine, *fixed)
-        if step + 1 == args.warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        elif step + 1 > args.warmup and (step + 1 - args.warmup) % args.window == 0:
-            out["total"].item()  # a log step's host sync, as in the worker
-            t1 = time.perf_counter()
-            rates.append(args.window * batch / (t1 - t0))
-            t0 = time.perf_counter()
+
+    def step() -> torch.Tensor:
+        if fixed is not None:
+            return train_step(engine, *fixed)["total"]
+        v1, v2, labels = next(it)
+        return train_step(engine, *augment(v1, v2), labels)["total"]
+
+    rates = _window_timed(step, args, cfg.data.batch_size_per_worker, device)
     flops = count_step_flops(PlainEngine(model, engine.optimizer, precision), augment, loader) \
         if device.type == "cuda" else None
     return {**_rate_figures(rates), "flops_per_step": flops, "precision": precision}
@@ -350,21 +357,15 @@ def backbone_alone(args: argparse.Namespace) -> dict:
     x = torch.randn(2 * args.batch, 3, args.resolution, args.resolution, device=device).contiguous(
         memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (2 * args.batch,), device=device)
-    rates, t0 = [], None
-    for step in range(args.warmup + args.steps):
+    def step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = torch.nn.functional.cross_entropy(forward(x), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step + 1 == args.warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        elif step + 1 > args.warmup and (step + 1 - args.warmup) % args.window == 0:
-            loss.item()  # the same host sync per window as the other loops
-            rates.append(args.window * args.batch / (time.perf_counter() - t0))
-            t0 = time.perf_counter()
-    return _rate_figures(rates)
+        return loss
+
+    return _rate_figures(_window_timed(step, args, args.batch, device))
 
 
 def gpu_figures(args: argparse.Namespace, runs: dict[str, list[dict]]) -> dict:
