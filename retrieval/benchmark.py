@@ -15,7 +15,7 @@ from .baselines import DEFAULT_PCA_FIT_ROWS, fit_pca, pca_view, random_subset, s
 from .checks import check_codes, check_non_negative_int, check_positive_int, check_R, check_same_width
 from .funnel import Funnel, check_funnel_settings
 from .index import build_index
-from .metrics import prepare_labels, relevant_counts, retrieval_metrics
+from .metrics import mean_metrics, per_query_metrics, prepare_labels, relevant_counts
 from .prefix import prefix_codes, prefix_view, resolve_lengths
 from .timing import time_interleaved
 
@@ -132,10 +132,12 @@ def run_benchmark(
     options = {"index": index, "backend": chosen, "memory_budget_bytes": budget, "seed": seed, **(index_options or {})}
     queries = np.asarray(queries)
     relevant = relevant_counts(query_set, database_set)
+    if (relevant == 0).any():  # once here, not at every one of the many scorings below
+        logger.warning("%d of %d queries have no relevant item in the database; they score 0",
+                       int((relevant == 0).sum()), nq)
 
     def score(D, I):
-        figures = retrieval_metrics(I, query_set, database_set, D=D, R=R, database_relevant=relevant)
-        return {key: figures[key] for key in ("map", "precision", "recall")}
+        return mean_metrics(per_query_metrics(I, query_set, database_set, D=D, R=R, database_relevant=relevant))
 
     records, funnel_record, interleaved = _measure(database, queries, lengths, R, options, score, timing, budget,
                                                    funnel, funnel_short_dim, funnel_rerank_dim, funnel_shortlist_size)
@@ -175,7 +177,7 @@ def _measure(database, queries, lengths, R, options, score, timing, budget,
     """
     n, k = database.shape
     interleaved = sum(n * m * 4 for m in lengths) <= budget
-    records, indexes, results, runs = [], {}, {}, {}
+    records, indexes, results, runs, timings = [], {}, {}, {}, {}
     for m in lengths:
         t0 = time.perf_counter()
         indexes[m] = build_index(prefix_view(database, m), **options)
@@ -185,14 +187,17 @@ def _measure(database, queries, lengths, R, options, score, timing, budget,
             results[m] = indexes[m].search(prefix_codes(queries, m), R)
 
         runs[f"prefix {m}"] = run
-        if not interleaved:  # time now and free this length's index before building the next
-            _finish(records[-1], time_interleaved({f"prefix {m}": run}, **timing)[f"prefix {m}"], len(queries))
-            records[-1]["codes"] = score(*results.pop(m))
-            del indexes[m], runs[f"prefix {m}"]
+        if not interleaved:  # time now and free this length's index (the funnel's shortlist one stays)
+            timings.update(time_interleaved({f"prefix {m}": run}, **timing))
+            del runs[f"prefix {m}"]
+            if not (funnel and m == short_dim):
+                del indexes[m]
     funnel_obj = None
     if funnel:
+        reference = indexes.get(rerank_dim)
         funnel_obj = Funnel(database, short_dim=short_dim, rerank_dim=rerank_dim, shortlist_size=shortlist_size,
-                            shortlist_index=indexes.get(short_dim), **options)
+                            shortlist_index=indexes.get(short_dim),
+                            rerank_database=None if reference is None else reference.stored_rows(), **options)
         splits = []
 
         def run_funnel():
@@ -200,21 +205,16 @@ def _measure(database, queries, lengths, R, options, score, timing, budget,
             splits.append(funnel_obj.last_seconds)
 
         runs["funnel"] = run_funnel
-    timings = time_interleaved(runs, **timing) if runs else {}
+    timings.update(time_interleaved(runs, **timing) if runs else {})
     for rec in records:
-        if "codes" not in rec:
-            _finish(rec, timings[f"prefix {rec['dim']}"], len(queries))
-            rec["codes"] = score(*results[rec["dim"]])
+        _finish(rec, timings[f"prefix {rec['dim']}"], len(queries))
+        rec["codes"] = score(*results[rec["dim"]])
     funnel_record = None
     if funnel_obj is not None:
-        funnel_timing = timings["funnel"]
         fastest = min(splits[1:], key=lambda split: sum(split.values()))  # splits[0]: the warm-up call
         funnel_record = {**funnel_obj.info(R), **score(*results["funnel"]),
-                         "qps": len(queries) / funnel_timing["best_seconds"],
-                         "qps_median": len(queries) / funnel_timing["median_seconds"],
-                         "seconds": funnel_timing["seconds"], "background_cpu": funnel_timing["background_cpu"],
-                         "tries": funnel_timing["tries"],
                          "shortlist_seconds": fastest["shortlist"], "rerank_seconds": fastest["rerank"]}
+        _finish(funnel_record, timings["funnel"], len(queries))
     return records, funnel_record, interleaved
 
 

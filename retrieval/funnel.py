@@ -7,11 +7,10 @@ longer one.
    (default the full length); the top R of the rerank is the answer.
 
 The default shortlist is 2 R. On the CPU the rerank reads ``shortlist_size`` full-length rows per
-query from memory (400 x 8 KiB at R = 100, k = 2,048), a memory-bound cost that grows with the
-shortlist while the quality saturates early. Measured with tools/bench_retrieval.py's synthetic
-codes (100,000 x 2,048, 1,000 queries, R = 100, 128-dim shortlist, 2 CPU cores): 2 R gave
-+0.11 mAP points over the full length at 6.1x its q/s, 3 R +0.05 at 5.4x, 4 R +0.02 at 4.6x.
-On a GPU the rerank is cheap and a longer shortlist (4-10 R) costs little: set it per dataset.
+query from memory (200 x 8 KiB at R = 100, k = 2,048), a memory-bound cost that grows with the
+shortlist while the quality saturates early; tools/bench_retrieval.py measures the default
+(``funnel`` in docs/results/cpu_bench_retrieval.json) and ``--shortlist N`` others. On a GPU the
+rerank is cheap and a longer shortlist costs little: set it per dataset.
 """
 
 from __future__ import annotations
@@ -126,7 +125,7 @@ class Funnel:
             rerank_database = materialize(rerank_database, rows_for_budget(memory_budget_bytes, 8 * self.rerank_dim))
         self.rerank_database = rerank_database  # in memory when it fits, else read by ids at each rerank
         logger.debug("funnel: shortlist with %d dims, rerank with %d dims on %s (%s)", self.short_dim, self.rerank_dim,
-                    self.rerank_device, "in memory" if fits else "rows read by id")
+                     self.rerank_device, "in memory" if fits else "rows read by id")
         self.ntotal = n
         self.last_seconds: dict[str, float] = {}
 

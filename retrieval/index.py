@@ -62,6 +62,11 @@ class SearchIndex:
     def _search(self, xq: np.ndarray, R: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def stored_rows(self) -> np.ndarray | None:
+        """The indexed rows as a float32 ``[ntotal, dim]`` array this index holds in host memory
+        (no copy; valid while the index lives), or None when it holds none."""
+        return None
+
     def info(self) -> dict:
         """Backend, device, index type, what the rows are, and parameters; JSON-serialisable."""
         return {"backend": self.backend.name, "device": self.backend.device, "index_kind": self.kind,
@@ -80,8 +85,8 @@ def _gpu_index(cpu_index, backend: Backend):
 
 # FAISS's exhaustive search switches from per-query SIMD scans to BLAS matrix products (and a heap
 # per query) at nq * d >= this; FAISS 1.15's default (128,000) keeps 1,000 queries of d <= 64 on
-# the scan, 2-3x slower than BLAS here (1,000 x 100,000, 2 cores: d = 64 0.37 s vs 0.11 s,
-# d = 32 0.19 s vs 0.085 s, d = 8 0.15 s vs 0.072 s). BLAS from 20 queries up, whatever d.
+# the scan, which ad-hoc timings on this project's 2-core machine found several times slower than
+# BLAS for a 100,000-row database. BLAS from 20 queries up, whatever d.
 BLAS_MIN_QUERIES = 20
 
 
@@ -111,14 +116,18 @@ class FaissFlatIndex(SearchIndex):
         self.chunk_rows = min(self.ntotal, rows_for_budget(budget, 2 * 4 * self.dim))
         self.index = self._empty()
         if self.in_memory:
-            for i0, i1 in row_chunks(self.ntotal, self.chunk_rows):
-                self.index.add(np.ascontiguousarray(database[i0:i1], dtype=np.float32))
+            _add_in_chunks(self.index, database, budget)
         logger.debug("faiss flat index: %d x %d on %s, %s", self.ntotal, self.dim, backend.device,
-                    "in memory" if self.in_memory else f"streamed in chunks of {self.chunk_rows} rows")
+                     "in memory" if self.in_memory else f"streamed in chunks of {self.chunk_rows} rows")
 
     def _empty(self):
         index = faiss.IndexFlatIP(self.dim)
         return _gpu_index(index, self.backend) if self.backend.name == "faiss-gpu" else index
+
+    def stored_rows(self):
+        if not self.in_memory or self.backend.name != "faiss-cpu":
+            return None
+        return faiss.rev_swig_ptr(self.index.get_xb(), self.ntotal * self.dim).reshape(self.ntotal, self.dim)
 
     def _search(self, xq, R):
         with _blas_from(BLAS_MIN_QUERIES, self.dim):
@@ -137,6 +146,14 @@ class FaissFlatIndex(SearchIndex):
         return {"index": "IndexFlatIP" + (" (sharded over GPUs)" if self.backend.num_gpus > 1 else ""),
                 "in_memory": self.in_memory, "chunk_rows": self.chunk_rows,
                 "num_chunks": 1 if self.in_memory else -(-self.ntotal // self.chunk_rows)}
+
+
+def _add_in_chunks(index, database, memory_budget_bytes: int | None) -> None:
+    """Add ``database [n, d]`` rows to a FAISS ``index`` a chunk at a time: one chunk read as
+    float32 plus its copy inside the index stay within the budget."""
+    n, d = database.shape
+    for i0, i1 in row_chunks(n, rows_for_budget(memory_budget_bytes, 2 * 4 * d)):
+        index.add(np.ascontiguousarray(database[i0:i1], dtype=np.float32))
 
 
 def _training_sample(database, n_train: int, seed: int) -> np.ndarray:
@@ -178,13 +195,11 @@ class FaissIVFIndex(SearchIndex):
             faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
         else:
             index.nprobe = self.nprobe
-        chunk_rows = rows_for_budget(memory_budget_bytes, 2 * 4 * self.dim)
-        for i0, i1 in row_chunks(self.ntotal, chunk_rows):
-            index.add(np.ascontiguousarray(database[i0:i1], dtype=np.float32))
+        _add_in_chunks(index, database, memory_budget_bytes)
         self.index = index
         self._quantizer = quantizer  # the IVF index refers to it; keep it alive
         logger.debug("faiss IVF index: %d x %d on %s, nlist %d, nprobe %d, trained on %d rows", self.ntotal, self.dim,
-                    backend.device, self.nlist, self.nprobe, self.n_train)
+                     backend.device, self.nlist, self.nprobe, self.n_train)
 
     def _search(self, xq, R):
         return self.index.search(xq, R)
@@ -207,9 +222,7 @@ class FaissHNSWIndex(SearchIndex):
         self.ef_search = check_positive_int(ef_search, "ef_search")
         index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.ef_construction
-        chunk_rows = rows_for_budget(memory_budget_bytes, 2 * 4 * self.dim)
-        for i0, i1 in row_chunks(self.ntotal, chunk_rows):
-            index.add(np.ascontiguousarray(database[i0:i1], dtype=np.float32))
+        _add_in_chunks(index, database, memory_budget_bytes)
         self.index = index
 
     def _search(self, xq, R):

@@ -253,9 +253,10 @@ def retrieval_metrics(
     without = int((np.asarray(database_relevant) == 0).sum())
     if without:
         logger.warning("%d of %d queries have no relevant item in the database; they score 0", without, len(I))
-    return {
-        "map": float(per["ap"].mean()),
-        "precision": float(per["precision"].mean()),
-        "recall": float(per["recall"].mean()),
-        "queries_without_relevant": without,
-    }
+    return {**mean_metrics(per), "queries_without_relevant": without}
+
+
+def mean_metrics(per: dict[str, np.ndarray]) -> dict[str, float]:
+    """``{"map", "precision", "recall"}``: the means over queries of :func:`per_query_metrics`."""
+    return {"map": float(per["ap"].mean()), "precision": float(per["precision"].mean()),
+            "recall": float(per["recall"].mean())}

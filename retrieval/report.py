@@ -103,13 +103,7 @@ def plot_map(results: dict) -> Figure:
                     label=f"random m-subset (mean ± std, {results['baselines']['random_draws']} draws)")
         ax.plot(dims, [r["pca"]["map"] for r in recs], "^:", label="PCA to m dims")
     f = results.get("funnel")
-    if f:
-        ax.plot([f["short_dim"]], [f["map"]], "*", markersize=14,
-                label=f"funnel {f['short_dim']} -> {f['rerank_dim']} ({f['shortlist_size']} shortlisted)")
-    ax.set_xticks(dims, [str(d) for d in dims], fontsize=8)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    return fig
+    return _finish_plot(fig, ax, dims, f, "map", f and f"{f['shortlist_size']} shortlisted", "lower right")
 
 
 def plot_qps(results: dict) -> Figure:
@@ -124,10 +118,16 @@ def plot_qps(results: dict) -> Figure:
     ax.plot(dims, [r["qps"] for r in recs], "o-",
             label=f"{s['index_kind']} search, best of {results['timing']['repeats']} rounds")
     f = results.get("funnel")
-    if f:
-        ax.plot([f["short_dim"]], [f["qps"]], "*", markersize=14,
-                label=f"funnel {f['short_dim']} -> {f['rerank_dim']} ({f['speedup']:.1f}x full length)")
+    return _finish_plot(fig, ax, dims, f, "qps", f and f"{f['speedup']:.1f}x full length", "upper right")
+
+
+def _finish_plot(fig: Figure, ax, dims: list[int], funnel: dict | None, key: str, note: str | None,
+                 legend_loc: str) -> Figure:
+    """The funnel's point (its ``key`` figure at its short length), ticks at the lengths, the legend."""
+    if funnel:
+        ax.plot([funnel["short_dim"]], [funnel[key]], "*", markersize=14,
+                label=f"funnel {funnel['short_dim']} -> {funnel['rerank_dim']} ({note})")
     ax.set_xticks(dims, [str(d) for d in dims], fontsize=8)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc=legend_loc)
     fig.tight_layout()
     return fig

@@ -57,15 +57,13 @@ class TorchFlatIndex:
         device: torch device ("cpu", "cuda", "cuda:1").
         dtype: storage and matmul dtype; default float16 on CUDA, float32 on the CPU.
         memory_budget_bytes: bytes for the database rows and score block held at once.
-        block: block width of the two-level top-k (default: chosen per chunk).
     """
 
-    def __init__(self, database, *, device="cpu", dtype=None, memory_budget_bytes=None, block=None):
+    def __init__(self, database, *, device="cpu", dtype=None, memory_budget_bytes=None):
         self.device = torch.device(device)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.database = database
         self.ntotal, self.dim = (int(s) for s in database.shape)
-        self.block = block
         self._itemsize = torch.empty((), dtype=self.dtype).element_size()
         self.budget = rows_for_budget(memory_budget_bytes, 1)  # validated budget in bytes
         self.resident = self.ntotal * self.dim * self._itemsize <= self.budget // 2
@@ -97,7 +95,8 @@ class TorchFlatIndex:
             R: neighbours per query, ``1 <= R <= ntotal``.
 
         Returns:
-            D ``[nq, R]`` float32 scores, descending; I ``[nq, R]`` int64 ids (equal scores by id).
+            D ``[nq, R]`` float32 scores and I ``[nq, R]`` int64 ids, unordered within a row (the
+            common :meth:`~retrieval.index.SearchIndex.search` orders them once).
         """
         q_all = torch.from_numpy(np.ascontiguousarray(xq, dtype=np.float32)).to(self.device, self.dtype)
         nq = q_all.shape[0]
@@ -106,19 +105,21 @@ class TorchFlatIndex:
         for row0, chunk in self._chunks(self.chunk_rows(nq)):
             vs, ids = [], []
             for q0, q1 in row_chunks(nq, QUERY_BATCH):
-                v, i = topk_rows(q_all[q0:q1] @ chunk.T, R, self.block)
+                v, i = topk_rows(q_all[q0:q1] @ chunk.T, R)
                 vs.append(v)
                 ids.append(i + row0)
             best_v, best_i = merge_topk(best_v, best_i, torch.cat(vs), torch.cat(ids), R)
-        return sort_neighbours(best_v.float().cpu().numpy(), best_i.cpu().numpy())
+        return best_v.float().cpu().numpy(), best_i.cpu().numpy()
 
     def info(self, nq: int = QUERY_BATCH) -> dict:
-        """Index type, dtype, residency, and the chunking a search of ``nq`` queries uses."""
+        """Index type, dtype, residency, and the chunking a search of ``nq`` queries uses (the
+        chunk depends on the query count: ``chunk_queries`` says which count it is for)."""
         rows = self.chunk_rows(nq)
         return {
             "index": "torch exact (matmul + two-level top-k)",
             "dtype": str(self.dtype).replace("torch.", ""),
             "resident": self.resident,
+            "chunk_queries": min(nq, QUERY_BATCH),
             "chunk_rows": rows,
             "num_chunks": -(-self.ntotal // rows),
         }

@@ -20,9 +20,9 @@ for other processes to leave the CPU. ``speedup`` is q/s over the full length's 
 beside it.
 ``raw_faiss_comparison`` times a bare FAISS ``IndexFlatIP`` and this package's index at both
 lengths in the same rounds. Every timed search records the CPU share other processes took
-meanwhile (``background_cpu``). On the 2-core VM this was written on, runs with no visible
-background load differed by up to 2.5x in time at short prefixes but 1.2x at the full length, so
-the speed-ups moved with them: compare runs by the bare-FAISS figures of the same run.
+meanwhile (``background_cpu``). On a shared machine the rounds of one run spread far more at short
+prefixes than at the full length (``seconds`` per length in the JSON), and the speed-ups move with
+them: read the per-round spread before comparing runs.
 
 Run: ``python tools/bench_retrieval.py --json docs/results/cpu_bench_retrieval.json``
 (defaults: 100,000 x 2,048, 1,000 queries, R = 100, flat and IVF, the device ``auto`` picks).
