@@ -89,12 +89,39 @@ def prepare_data(data: Path, out: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def _config(method: str, run_dir: Path, train_beton: Path, epochs: int, extra: list[str]):
+    """The resolved config one method trains with in this comparison."""
+    from eigenmap.train.checks import load_train_config
+
+    return load_train_config(ROOT / "configs" / "imagenette_resnet18.yaml",
+                             [*RECIPE, *METHODS[method], *extra, f"train.epochs={epochs}",
+                              f"data.train_path={train_beton}", f"train.run_dir={run_dir}"])
+
+
+def _check_reuse(method: str, run_dir: Path, cfg) -> None:
+    """A finished run is reused only when it was trained with the settings asked for now: a
+    changed recipe, loss setting or --set must not be reported under the old run's figures."""
+    import yaml
+
+    from eigenmap.config import to_dict
+    from eigenmap.train.resume import meaning_changes
+
+    changes = meaning_changes(yaml.safe_load((run_dir / "config.yaml").read_text()), to_dict(cfg))
+    if changes:
+        listing = "\n".join(f"  {c.key}: {c.old!r} -> {c.new!r}" for c in changes)
+        raise SystemExit(f"[{method}] {run_dir} holds a finished run trained with other settings (finished run -> "
+                         f"asked for now):\n{listing}\nPass another --out for this comparison, or ask for the run's "
+                         "own settings to reuse it")
+
+
 def train(method: str, run_dir: Path, train_beton: Path, epochs: int, extra: list[str]) -> None:
-    """Train (or resume) one method as a plain worker process (nothing to do for a finished run)."""
+    """Train (or resume) one method as a plain worker process (nothing to do for a finished run
+    of the same settings; a finished run of other settings is an error)."""
     from eigenmap.run_dir import read_status
 
     status = read_status(run_dir)
     if status and status.get("status") == "finished" and (run_dir / "model.pt").is_file():
+        _check_reuse(method, run_dir, _config(method, run_dir, train_beton, epochs, extra))
         return
     cmd = [sys.executable, "-m", "eigenmap.train.worker", str(ROOT / "configs" / "imagenette_resnet18.yaml"),
            *RECIPE, *METHODS[method], *extra, f"train.epochs={epochs}", f"data.train_path={train_beton}",
@@ -111,14 +138,12 @@ def random_init(run_dir: Path, train_beton: Path, epochs: int, extra: list[str])
 
     from eigenmap.config import save_config
     from eigenmap.models import build_model
-    from eigenmap.train.checks import load_train_config
     from eigenmap.train.checkpoint import export_weights
 
+    cfg = _config("random_init", run_dir, train_beton, epochs, extra)
     if (run_dir / "model.pt").is_file():
+        _check_reuse("random_init", run_dir, cfg)
         return
-    cfg = load_train_config(ROOT / "configs" / "imagenette_resnet18.yaml",
-                            [*RECIPE, *METHODS["random_init"], *extra, f"train.epochs={epochs}",
-                             f"data.train_path={train_beton}", f"train.run_dir={run_dir}"])
     torch.manual_seed(cfg.train.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")

@@ -60,6 +60,10 @@ def test_bench_quality_trains_evaluates_and_resumes(tiny_imagefolder, tmp_path):
     page = (tmp_path / "results.md").read_text()  # a part of the comparison names what it left out
     assert "Methods not run in this comparison: neuralef, simclr, barlow_twins, spectral_contrastive." in page
     assert "| neuralef_stopgrad |" in page and "| random_init |" in page
+    changed = [*cmd, "loss.alpha=0.5"]  # a finished run of other settings is not reported as this one
+    refused = subprocess.run(changed, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "training:" not in refused.stdout
+    assert "loss.alpha: " in refused.stderr and " -> 0.5" in refused.stderr and "another --out" in refused.stderr
 
 
 def test_the_results_page_holds_every_method_and_the_command():
