@@ -150,11 +150,16 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
     features = np.load(tmp / FEATURES, mmap_mode="r+")
     codes = np.load(tmp / CODES, mmap_mode="r+")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
-    row = int(loader.indices[0]) if len(loader.indices) else 0
+    row = start_row = int(loader.indices[0]) if len(loader.indices) else 0
     labels = []
     started = time.perf_counter()
+    first_batch_at, first_batch_size = None, 0
     bar = _progress(len(loader), f"features {data_path.name}") if progress and rank == 0 else None
     for images, batch_labels in loader:
+        if first_batch_at is None:
+            # FFCV compiles its pipeline (numba) when the first batch is asked for: a fixed start
+            # that a large dataset amortises, kept apart from the rate the loader sustains
+            first_batch_at, first_batch_size = time.perf_counter(), len(images)
         with autocast:
             feats = model.backbone(images)
             z = model.projector(feats)
@@ -169,6 +174,7 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
             bar.update(1)
     if bar is not None:
         bar.close()
+    loop_done = time.perf_counter()
     features.flush()
     codes.flush()
     del features, codes
@@ -187,6 +193,7 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
         "shapes": {"features": [n, feat_dim], "codes": [n, k], "labels": [n]}, "dtype": "float32",
         "device": str(device), "precision": "bf16" if device.type == "cuda" else "fp32", "workers": world,
         "seconds": seconds, "images_per_second": n / seconds if seconds > 0 else None,
+        **_steady_rate(started, first_batch_at, first_batch_size, loop_done, row - start_row),
     }
     (tmp / SIDECAR).write_text(json.dumps(meta, indent=1))
     if folder.exists():
@@ -195,6 +202,17 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
     log.info("extracted %d images of %s in %.1f s (%.0f images/s): %s", n, data_path.name, seconds,
              n / max(seconds, 1e-9), folder)
     return load_features(folder)
+
+
+def _steady_rate(started: float, first_batch_at: Optional[float], first_batch_size: int, loop_done: float,
+                 rows: int) -> dict:
+    """Rank 0's start (seconds to its first batch: pipeline compilation, first decode) and the
+    rate it sustained after that (images of the later batches / their seconds; None with one batch)."""
+    if first_batch_at is None:
+        return {"first_batch_seconds": None, "steady_images_per_second": None}
+    later = rows - first_batch_size
+    return {"first_batch_seconds": first_batch_at - started,
+            "steady_images_per_second": later / (loop_done - first_batch_at) if later > 0 else None}
 
 
 def _progress(total: int, desc: str):

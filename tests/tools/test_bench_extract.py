@@ -31,6 +31,9 @@ def test_bench_extract_reports_extraction_over_the_forward_rate(small_val_beton,
     assert 0 < data["shared_cores_bound"] < 1
     ratios = [e / f for e, f in zip(data["extraction_images_per_second"], data["forward_images_per_second"])]
     assert data["ratio_per_round"] == pytest.approx(ratios)
+    assert all(t > 0 for t in data["first_batch_seconds"])
+    steady = [s / f for s, f in zip(data["steady_images_per_second"], data["forward_images_per_second"])]
+    assert data["steady_ratio_per_round"] == pytest.approx(steady)
     assert data["images_forward"] == 80 and "extraction / forward" in done.stdout
 
 
