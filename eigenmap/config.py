@@ -88,6 +88,9 @@ class LossConfig:
     )
     temperature: float = _f(0.1, "SimCLR NT-Xent temperature", gt=0.0)
     barlow_lambda: float = _f(0.0051, "Barlow Twins off-diagonal weight", ge=0.0)
+    spectral_mu: float = _f(
+        1.0, "spectral contrastive: projections of norm >= sqrt(mu) are scaled to that norm (the authors' mu)", gt=0.0
+    )
     gather_distributed: bool = _f(
         True, "compute the loss on outputs gathered from all workers (autograd-aware)"
     )

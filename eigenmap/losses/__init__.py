@@ -32,7 +32,8 @@ _BUILDERS = {
     "simclr": lambda c, k: NTXentLoss(temperature=c.temperature, gather_distributed=c.gather_distributed),
     "barlow_twins": lambda c, k: BarlowTwinsLoss(
         lambda_offdiag=c.barlow_lambda, gather_distributed=c.gather_distributed),
-    "spectral_contrastive": lambda c, k: SpectralContrastiveLoss(gather_distributed=c.gather_distributed),
+    "spectral_contrastive": lambda c, k: SpectralContrastiveLoss(mu=c.spectral_mu,
+                                                               gather_distributed=c.gather_distributed),
 }
 
 
