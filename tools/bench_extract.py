@@ -11,9 +11,9 @@ Two rates, measured in turns in one run (``--rounds`` each, median):
 
 The ratio extraction / forward is what the loader and the writes cost (target >= 0.9 on CPU).
 It is given twice: end to end (``ratio``), and after the first batch (``steady_ratio``). The first
-batch waits for FFCV to compile its pipeline (numba, about a second, once per dataset file), a
-fixed start that a large dataset amortises (ImageNet's 1.28 M images take tens of minutes) but
-that is a sizeable share of a few thousand images; ``first_batch_seconds`` holds it. Whether the
+batch waits for FFCV to compile its pipeline (numba, once per dataset file), a fixed start that a
+large dataset amortises but that is a sizeable share of a few thousand images;
+``first_batch_seconds`` holds it. Whether the
 loader keeps up with the forward is ``steady_ratio``.
 A third rate, ``loader`` (the evaluation loader alone, no forward), says how much CPU the decoding
 takes: on a machine whose cores the forward already fills, decoding runs on the same cores, so

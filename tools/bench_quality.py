@@ -89,13 +89,20 @@ def prepare_data(data: Path, out: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+CONFIG = ROOT / "configs" / "imagenette_resnet18.yaml"
+
+
+def _overrides(method: str, run_dir: Path, train_beton: Path, epochs: int, extra: list[str]) -> list[str]:
+    """The overrides of CONFIG one method trains with in this comparison."""
+    return [*RECIPE, *METHODS[method], *extra, f"train.epochs={epochs}", f"data.train_path={train_beton}",
+            f"train.run_dir={run_dir}"]
+
+
 def _config(method: str, run_dir: Path, train_beton: Path, epochs: int, extra: list[str]):
     """The resolved config one method trains with in this comparison."""
     from eigenmap.train.checks import load_train_config
 
-    return load_train_config(ROOT / "configs" / "imagenette_resnet18.yaml",
-                             [*RECIPE, *METHODS[method], *extra, f"train.epochs={epochs}",
-                              f"data.train_path={train_beton}", f"train.run_dir={run_dir}"])
+    return load_train_config(CONFIG, _overrides(method, run_dir, train_beton, epochs, extra))
 
 
 def _check_reuse(method: str, run_dir: Path, cfg) -> None:
@@ -123,9 +130,8 @@ def train(method: str, run_dir: Path, train_beton: Path, epochs: int, extra: lis
     if status and status.get("status") == "finished" and (run_dir / "model.pt").is_file():
         _check_reuse(method, run_dir, _config(method, run_dir, train_beton, epochs, extra))
         return
-    cmd = [sys.executable, "-m", "eigenmap.train.worker", str(ROOT / "configs" / "imagenette_resnet18.yaml"),
-           *RECIPE, *METHODS[method], *extra, f"train.epochs={epochs}", f"data.train_path={train_beton}",
-           f"train.run_dir={run_dir}", f"dist.cpus_per_worker={os.cpu_count() or 1}"]
+    cmd = [sys.executable, "-m", "eigenmap.train.worker", str(CONFIG),
+           *_overrides(method, run_dir, train_beton, epochs, extra), f"dist.cpus_per_worker={os.cpu_count() or 1}"]
     print(f"[{method}] training: {' '.join(cmd[2:])}", flush=True)
     done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
     if done.returncode != 0:
