@@ -79,6 +79,10 @@ class LossConfig:
     alpha: float = _f(
         0.0025, "NeuralEF reg weight: 0.0025 for k=8192, 0.005 for k=4096, 0.01 for k=2048", ge=0.0
     )
+    alpha_final: Optional[float] = _f(
+        None, "NeuralEF: when set, the reg weight moves linearly from loss.alpha at the first step to this at "
+              "the last (the planned run's)", ge=0.0
+    )
     t: float = _f(10.0, "L2-BatchNorm scale: columns are normalised to sum of squares 2t", gt=0.0)
     stop_grad: bool = _f(
         True, "NeuralEF stop-grad variant (orders the eigenfunctions); false = better probe"
@@ -366,6 +370,9 @@ def to_yaml(cfg: Config) -> str:
 
 
 def _check_cross_field(cfg: Config) -> None:
+    if cfg.loss.alpha_final is not None and cfg.loss.name != "neuralef":
+        raise ConfigError(f"config key 'loss.alpha_final' ({cfg.loss.alpha_final}) applies to loss.name=neuralef only, "
+                          f"not {cfg.loss.name!r}; leave it unset (null)")
     if any(k < 1 for k in cfg.eval.knn_ks):
         raise ConfigError(f"config key 'eval.knn_ks': {list(cfg.eval.knn_ks)} has a count below 1; accepted: counts >= 1")
     d = cfg.data

@@ -55,11 +55,13 @@ RECIPE = [
     "train.progress_bar=true", "train.seed=0",
 ]
 # what differs: the objective. NeuralEF's alpha: the paper's rule (doubling when k halves) gives 0.04
-# at k = 512, but at this 15-epoch budget a larger alpha trades the representation for the order of
-# the outputs (the README's alpha sweep, stop-grad: 0.04 gave probe 40.7 with short prefixes beating
-# PCA; 0.02 and 0.01 gave 53.7 and 55.1 with prefixes no better than PCA), so the default is 0.01.
+# at k = 512, but at this 15-epoch budget a constant alpha trades the representation for the order
+# of the outputs (the README's alpha sweep, stop-grad: 0.04 gave probe 40.7 with short prefixes
+# beating PCA; 0.01 gave 55.1 with prefixes no better than PCA). Stop-grad therefore ramps it:
+# 0.01 at the first step (the representation), 0.1 at the last (the order); a ramp to 0.2 lost the
+# representation (probe 40.5). The variant without stop-grad has no order to gain and keeps 0.01.
 METHODS = {
-    "neuralef_stopgrad": ["loss.name=neuralef", "loss.stop_grad=true", "loss.alpha=0.01"],
+    "neuralef_stopgrad": ["loss.name=neuralef", "loss.stop_grad=true", "loss.alpha=0.01", "loss.alpha_final=0.1"],
     "neuralef": ["loss.name=neuralef", "loss.stop_grad=false", "loss.alpha=0.01"],
     "simclr": ["loss.name=simclr", "loss.temperature=0.1"],
     "barlow_twins": ["loss.name=barlow_twins", "loss.barlow_lambda=0.0051"],
@@ -249,7 +251,8 @@ def results_markdown(results: dict, command: str) -> str:
         f"`{results['data']}` ({results['train_images']} training and {results['val_images']} validation images), "
         f"ResNet-18 at 64 px, k = {k} outputs, global batch 256, {results['epochs']} epochs, the same recipe for "
         "every method (`tools/bench_quality.py`: LARS, base lr 0.3 per 256, 2 warm-up epochs, cosine; the paper's "
-        f"augmentations), trained on {results.get('machine', 'the CPU')}.",
+        f"augmentations), trained on {results.get('machine', 'the CPU')}. Each method's own settings: "
+        + "; ".join(f"{name} `{' '.join(METHODS[name])}`" for name in methods) + ".",
         "",
         *([f"Methods not run in this comparison: {', '.join(missing)}.", ""] if missing else []),
         "Produced by:",

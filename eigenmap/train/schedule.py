@@ -1,14 +1,16 @@
-"""Learning-rate schedule: pure functions of the global step (resume needs no scheduler state).
+"""Schedules: pure functions of the global step (resume needs no scheduler state).
 
-Linear warm-up from 0 to the peak, then a half cosine from the peak down to
+Learning rate: linear warm-up from 0 to the peak, then a half cosine from the peak down to
 ``final_lr_ratio * peak`` at the last step (DINO's ``cosine_scheduler``, evaluated per step).
+NeuralEF's reg weight (``loss.alpha_final``): a straight line from ``loss.alpha`` at the first
+step to ``loss.alpha_final`` at the last.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["lr_factor"]
+__all__ = ["lr_factor", "alpha_at"]
 
 
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int, final_ratio: float) -> float:
@@ -30,3 +32,15 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int, final_ratio: fl
     decay_steps = max(total_steps - warmup_steps - 1, 1)
     progress = min((step - warmup_steps) / decay_steps, 1.0)
     return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def alpha_at(step: int, *, total_steps: int, start: float, final: float) -> float:
+    """NeuralEF's reg weight at ``step`` of a linear ramp: ``start`` at step 0, ``final`` at the
+    last step (``total_steps - 1``) and after it.
+
+    A small weight early lets the encoder learn a rich representation (the better linear probe);
+    a large one late makes the outputs orthogonal, hence ordered (the short prefixes retrieval cuts).
+    """
+    if total_steps < 1:
+        raise ValueError(f"need total_steps >= 1, got {total_steps}")
+    return start + (final - start) * min(step / max(total_steps - 1, 1), 1.0)

@@ -46,7 +46,7 @@ from eigenmap.train.preempt import EXIT_CODES, StopRequest, clear_stop_request, 
 from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP, check_resume, reposition
 from eigenmap.train.run_lock import RunLockError, run_lock
 from eigenmap.train.run_logger import RunLogger
-from eigenmap.train.schedule import lr_factor
+from eigenmap.train.schedule import alpha_at, lr_factor
 from eigenmap.train.step import train_step
 
 __all__ = ["train", "build_loader", "build_augment", "main"]
@@ -81,16 +81,23 @@ class StepPlan:
     total_steps: int  # planned_steps, or train.max_steps when that is sooner
     warmup_steps: int
     final_lr_ratio: float
+    alpha_ramp: Optional[tuple[float, float]] = None  # NeuralEF's (loss.alpha, loss.alpha_final) when ramped
 
     @classmethod
     def of(cls, cfg: Config, steps_per_epoch: int) -> "StepPlan":
         planned = cfg.train.epochs * steps_per_epoch
+        ramp = (cfg.loss.alpha, cfg.loss.alpha_final) if cfg.loss.alpha_final is not None else None
         return cls(steps_per_epoch, planned, min(planned, cfg.train.max_steps or planned),
-                   min(round(cfg.optim.warmup_epochs * steps_per_epoch), planned), cfg.optim.final_lr_ratio)
+                   min(round(cfg.optim.warmup_epochs * steps_per_epoch), planned), cfg.optim.final_lr_ratio, ramp)
 
     def lr_factor(self, step: int) -> float:
         return lr_factor(step, total_steps=self.planned_steps, warmup_steps=self.warmup_steps,
                          final_ratio=self.final_lr_ratio)
+
+    def alpha(self, step: int) -> float:
+        """NeuralEF's reg weight at ``step`` (only with ``alpha_ramp``); like the lr, it spans the planned run."""
+        start, final = self.alpha_ramp
+        return alpha_at(step, total_steps=self.planned_steps, start=start, final=final)
 
 
 @dataclass
@@ -249,6 +256,8 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
         ahead = AugmentAhead(parts.loader, parts.augment)
         for x1, x2, labels in ahead:
             set_lr(parts.optimizer, plan.lr_factor(state.step))
+            if plan.alpha_ramp is not None:
+                parts.model.objective.alpha = plan.alpha(state.step)
             out = train_step(parts.engine, x1, x2, labels)
             nonfinite |= ~torch.isfinite(out["total"].detach())
             state.step += 1
@@ -301,6 +310,8 @@ def _save(parts: WorkerParts, state: TrainerState, metrics: dict[str, float], ah
 def _log(parts: WorkerParts, state: TrainerState, out: dict[str, torch.Tensor], rate: float) -> dict[str, float]:
     values = torch.stack([out[k].detach().float() for k in LOGGED_TERMS]).tolist()  # one host read
     metrics = {**dict(zip(LOGGED_TERMS, values)), "lr": parts.optimizer.param_groups[0]["lr"]}
+    if hasattr(parts.model.objective, "alpha"):  # NeuralEF: the reg weight, ramped or not
+        metrics["alpha"] = float(parts.model.objective.alpha)
     parts.logger.scalars(state.step, state.epoch, metrics, images_per_sec_per_worker=rate,
                          world_size=dist.get_world_size())
     return metrics

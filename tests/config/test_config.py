@@ -43,6 +43,12 @@ def test_inconsistent_values_fail_naming_both_keys():
         from_dict({"data": {"scale_min": 0.9, "scale_max": 0.2}})
 
 
+def test_an_alpha_ramp_on_a_loss_other_than_neuralef_fails_naming_the_key():
+    with pytest.raises(ConfigError, match=r"'loss\.alpha_final' \(0\.1\) applies to loss\.name=neuralef only, not 'simclr'"):
+        from_dict({"loss": {"name": "simclr", "alpha_final": 0.1}})
+    assert from_dict({"loss": {"alpha_final": 0.1}}).loss.alpha_final == 0.1
+
+
 def test_nan_is_rejected():
     with pytest.raises(ConfigError, match=r"'loss\.alpha'.*finite"):
         from_dict({"loss": {"alpha": float("nan")}})

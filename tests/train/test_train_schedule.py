@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from eigenmap.train.schedule import lr_factor
+from eigenmap.train.schedule import alpha_at, lr_factor
 
 
 def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, peak: float, final_ratio: float) -> float:
@@ -39,3 +39,12 @@ def test_no_warmup_and_steps_past_the_end_stay_at_the_floor():
 def test_bad_lengths_are_rejected(total, warmup):
     with pytest.raises(ValueError, match="warmup_steps"):
         lr_factor(0, total_steps=total, warmup_steps=warmup, final_ratio=0.0)
+
+
+def test_alpha_ramp_is_linear_from_start_at_step_0_to_final_at_the_last_step():
+    alphas = [alpha_at(s, total_steps=11, start=0.01, final=0.11) for s in range(11)]
+    assert alphas == pytest.approx([0.01 + 0.01 * s for s in range(11)])
+    assert alpha_at(50, total_steps=11, start=0.01, final=0.11) == pytest.approx(0.11)
+    assert alpha_at(0, total_steps=1, start=0.01, final=0.11) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="total_steps"):
+        alpha_at(0, total_steps=0, start=0.01, final=0.11)

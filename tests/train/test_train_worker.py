@@ -89,3 +89,15 @@ def test_the_online_classifiers_loss_stays_near_its_start_on_a_real_run(tiny_con
     losses = [json.loads(line)["cls_loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 40
     assert max(losses) < 1.25 * losses[0], losses
+
+
+def test_a_ramped_alpha_moves_linearly_from_alpha_to_alpha_final_over_the_run(tiny_config, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_worker(tiny_config, "data.train_path=synthetic", f"train.run_dir={run_dir}", "train.epochs=1",
+                      "loss.alpha_final=0.05", "train.log_every_steps=1", "train.checkpoint_every_steps=1000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = 256 // 16
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    # the row of step s is logged after the update of step s - 1, with that step's weight
+    assert [r["alpha"] for r in rows] == pytest.approx([0.01 + 0.04 * s / (steps - 1) for s in range(steps)])
