@@ -253,7 +253,7 @@ def results_markdown(results: dict, command: str) -> str:
         f"ResNet-18 at 64 px, k = {k} outputs, global batch 256, {results['epochs']} epochs, the same recipe for "
         "every method (`tools/bench_quality.py`: LARS, base lr 0.3 per 256, 2 warm-up epochs, cosine; the paper's "
         f"augmentations), trained on {results.get('machine', 'the CPU')}. Each method's own settings: "
-        + "; ".join(f"{name} `{' '.join(METHODS[name])}`" for name in methods) + ".",
+        + "; ".join(f"{name} `{' '.join(m['overrides'])}`" for name, m in methods.items()) + ".",
         "",
         *([f"Methods not run in this comparison: {', '.join(missing)}.", ""] if missing else []),
         "Produced by:",

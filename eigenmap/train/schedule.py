@@ -38,8 +38,9 @@ def alpha_at(step: int, *, total_steps: int, start: float, final: float) -> floa
     """NeuralEF's reg weight at ``step`` of a linear ramp: ``start`` at step 0, ``final`` at the
     last step (``total_steps - 1``) and after it.
 
-    A small weight early lets the encoder learn a rich representation (the better linear probe);
-    a large one late makes the outputs orthogonal, hence ordered (the short prefixes retrieval cuts).
+    The intent: a small weight early for the representation (the linear probe), a large one late
+    for orthogonal, hence ordered, outputs (the prefixes retrieval cuts); the README's alpha sweep
+    has what each ramp measured.
     """
     if total_steps < 1:
         raise ValueError(f"need total_steps >= 1, got {total_steps}")

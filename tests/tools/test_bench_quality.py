@@ -73,7 +73,7 @@ def test_the_results_page_holds_every_method_and_the_command():
               "map_at_100": dict.fromkeys(lengths, 0.3), "random_subset_map": dict.fromkeys(lengths, 0.2),
               "pca_map": dict.fromkeys(lengths, 0.25), "eigenvalue_spearman": -0.9, "train_seconds": 600.0}
     results = {"data": "DATA", "train_images": 100, "val_images": 50, "epochs": 15, "probe_epochs": 100,
-               "methods": {name: dict(method) for name in bench.METHODS}}
+               "methods": {name: dict(method, overrides=bench.METHODS[name]) for name in bench.METHODS}}
     results["methods"]["random_init"].update(eigenvalue_spearman=None, train_seconds=0.0)
     page = bench.results_markdown(results, "python tools/bench_quality.py --json F")
     assert "python tools/bench_quality.py --json F" in page
