@@ -15,9 +15,13 @@ batch waits for FFCV to compile its pipeline (numba, once per dataset file), a f
 large dataset amortises but that is a sizeable share of a few thousand images;
 ``first_batch_seconds`` holds it. Whether the
 loader keeps up with the forward is ``steady_ratio``.
-A third rate, ``loader`` (the evaluation loader alone, no forward), says how much CPU the decoding
-takes: on a machine whose cores the forward already fills, decoding runs on the same cores, so
-extraction / forward cannot exceed about 1 / (1 + forward rate / loader rate) there.
+A third rate, ``loader`` (the evaluation loader alone, no forward), goes with the process CPU
+time of each of the three passes (all threads), per image (extraction: after its first batch). On a machine whose cores
+the forward already fills, the loader's CPU (decode, resize, crop, normalise) comes out of the same
+cores, so extraction / forward cannot exceed forward CPU / (forward CPU + loader CPU)
+(``shared_cores_bound``); ``contention_cpu_fraction`` is the CPU the extraction spends beyond
+those two, over the forward's (threads spinning or waiting on each other: near 0 when sharing the
+cores costs nothing more).
 The model is a freshly initialised one of ``--config`` (weights do not change the speed).
 
 Run: ``python tools/bench_extract.py --json F`` (defaults: ``../shared/data/imagenette2-96/val``,
@@ -46,23 +50,25 @@ def _default_data() -> Path:
     return base / "imagenette2-96" / "val"
 
 
-def forward_rate(model, batches: list[torch.Tensor]) -> float:
-    """Images/s of the evaluation forward over decoded batches held in memory."""
+def forward_rate(model, batches: list[torch.Tensor]) -> tuple[float, float]:
+    """Images/s of the evaluation forward over decoded batches held in memory, and its CPU
+    seconds per image."""
     n = sum(len(b) for b in batches)
     with torch.no_grad():
         model.codes(batches[0])  # warm-up: oneDNN picks its kernels
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for x in batches:
             model.codes(x)
-    return n / (time.perf_counter() - started)
+    return n / (time.perf_counter() - started), (time.process_time() - cpu) / n
 
 
-def loader_rate(loader) -> float:
-    """Images/s of the evaluation loader alone (decode, resize, crop, normalise; no forward)."""
-    n, started = 0, time.perf_counter()
+def loader_rate(loader) -> tuple[float, float]:
+    """Images/s of the evaluation loader alone (decode, resize, crop, normalise; no forward), and
+    its CPU seconds per image."""
+    n, started, cpu = 0, time.perf_counter(), time.process_time()
     for x, _ in loader:
         n += len(x)
-    return n / (time.perf_counter() - started)
+    return n / (time.perf_counter() - started), (time.process_time() - cpu) / n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,19 +110,24 @@ def main(argv: list[str] | None = None) -> int:
             batches = [b for i, b in enumerate(batches) if i * args.batch_size < args.max_images]
         images = sum(len(b) for b in batches)
         rates: dict[str, list[float]] = {"forward": [], "extraction": [], "steady": [], "loader": []}
+        cpu_ms: dict[str, list[float]] = {"forward": [], "extraction": [], "loader": []}  # per image
         first_batch: list[float] = []
         for r in range(args.rounds):
-            rates["loader"].append(loader_rate(loader))
-            rates["forward"].append(forward_rate(model, batches))
+            for name, (rate, cpu) in (("loader", loader_rate(loader)), ("forward", forward_rate(model, batches))):
+                rates[name].append(rate)
+                cpu_ms[name].append(1000 * cpu)
             arrays = extract_features(model, cfg, beton, tmp / f"features{r}", weights=weights, step=None,
                                       batch_size=args.batch_size, progress=False)
+            cpu_ms["extraction"].append(arrays.meta["steady_cpu_ms_per_image"])
             rates["extraction"].append(arrays.meta["images_per_second"])
             rates["steady"].append(arrays.meta["steady_images_per_second"])
             first_batch.append(arrays.meta["first_batch_seconds"])
             print(f"round {r + 1}: forward {rates['forward'][-1]:.0f} images/s, extraction "
                   f"{rates['extraction'][-1]:.0f} images/s ({rates['steady'][-1]:.0f} after a first batch of "
-                  f"{first_batch[-1]:.2f} s), loader alone {rates['loader'][-1]:.0f} images/s", flush=True)
+                  f"{first_batch[-1]:.2f} s), loader alone {rates['loader'][-1]:.0f} images/s; CPU ms per image: "
+                  + ", ".join(f"{name} {v[-1]:.2f}" for name, v in cpu_ms.items()), flush=True)
     ratios = [e / f for e, f in zip(rates["extraction"], rates["forward"])]
+    cpu = {name: statistics.median(v) for name, v in cpu_ms.items()}
     steady = [e / f for e, f in zip(rates["steady"], rates["forward"])]
     figures = {
         "data": str(args.data), "config": str(args.config), "arch": cfg.model.arch, "resolution": cfg.data.resolution,
@@ -127,12 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         "steady_images_per_second": rates["steady"], "first_batch_seconds": first_batch,
         "ratio_per_round": ratios, "ratio": statistics.median(ratios),
         "steady_ratio_per_round": steady, "steady_ratio": statistics.median(steady),
-        "shared_cores_bound": 1 / (1 + statistics.median(rates["forward"]) / statistics.median(rates["loader"])),
+        "cpu_ms_per_image": cpu_ms, "cpu_ms_per_image_median": cpu,
+        "shared_cores_bound": cpu["forward"] / (cpu["forward"] + cpu["loader"]),
+        "contention_cpu_fraction": (cpu["extraction"] - cpu["forward"] - cpu["loader"]) / cpu["forward"],
     }
     print(f"extraction / forward: {figures['ratio']:.3f} end to end, {figures['steady_ratio']:.3f} after the first "
           f"batch (medians of {args.rounds} rounds: {', '.join(f'{r:.3f}' for r in ratios)}; "
-          f"{', '.join(f'{r:.3f}' for r in steady)}); with the decoding on the forward's cores it could reach "
-          f"{figures['shared_cores_bound']:.3f}")
+          f"{', '.join(f'{r:.3f}' for r in steady)}); with the loader's CPU taken from the forward's cores it "
+          f"could reach {figures['shared_cores_bound']:.3f}; CPU beyond forward + loader: "
+          f"{100 * figures['contention_cpu_fraction']:+.1f}% of the forward's")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=1) + "\n")

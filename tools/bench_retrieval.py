@@ -18,11 +18,12 @@ keeps its fastest try; before each timed search the tool waits (``--quiet-wait``
 for other processes to leave the CPU. ``speedup`` is q/s over the full length's q/s;
 ``speedup_at_1_16`` is exact search at ``dim / 16``, with the median of the per-round ratios
 beside it.
-``raw_faiss_comparison`` times a bare FAISS ``IndexFlatIP`` and this package's index at both
-lengths in the same rounds. Every timed search records the CPU share other processes took
-meanwhile (``background_cpu``). On a shared machine the rounds of one run spread far more at short
-prefixes than at the full length (``seconds`` per length in the JSON), and the speed-ups move with
-them: read the per-round spread before comparing runs.
+``raw_faiss_comparison`` times a bare FAISS ``IndexFlatIP``, this package's index and the score
+matrix alone (the matrix product without the top-R selection) at both lengths in the same rounds.
+Every timed search records the CPU share other processes took meanwhile (``background_cpu``). On
+a shared machine the rounds of one run spread far more at short prefixes than at the full length
+(``seconds`` per length in the JSON), and the speed-ups move with them: read the per-round spread
+before comparing runs.
 
 Run: ``python tools/bench_retrieval.py --json docs/results/cpu_bench_retrieval.json``
 (defaults: 100,000 x 2,048, 1,000 queries, R = 100, flat and IVF, the device ``auto`` picks).
@@ -79,15 +80,28 @@ def _round_ratio(full: list[float], short: list[float]) -> float:
     return statistics.median(f / s for f, s in zip(full, short))
 
 
+def _scores_only(xb: np.ndarray, xq: np.ndarray, block: int) -> None:
+    """The inner products of exact search and nothing else: [nq, block] score blocks of the
+    database, as FAISS's BLAS path computes them, with no top-R selection."""
+    out = np.empty((len(xq), block), dtype=np.float32)
+    for j in range(0, len(xb), block):
+        rows = xb[j:j + block]
+        np.matmul(xq, rows.T, out=out[:, :len(rows)])
+
+
 def raw_faiss_comparison(db, q, dim: int, R: int, timing: dict) -> dict:
-    """Full length and dim/16 timed in the same interleaved rounds two ways: a bare FAISS
-    ``IndexFlatIP.search`` (FAISS's own settings) and this package's flat index; the ratio of the
-    two speed-ups shows what the package adds or loses over raw FAISS on the same machine state."""
+    """Full length and dim/16 timed in the same interleaved rounds three ways: a bare FAISS
+    ``IndexFlatIP.search`` (FAISS's own settings), this package's flat index, and the score matrix
+    alone (numpy's BLAS over FAISS's database blocks, no selection). The ratio of the first two
+    speed-ups shows what the package adds or loses over raw FAISS on the same machine state; the
+    third is the speed-up the matrix product allows by itself (another build of BLAS than FAISS's,
+    so a close bound, not an exact one, on what any exact search that computes every score reaches)."""
     from retrieval.index import build_index
     from retrieval.prefix import prefix_codes
     from retrieval.timing import time_interleaved
 
     runs, dims = {}, (dim, dim // 16)
+    block = int(faiss.cvar.distance_compute_blas_database_bs)
     for m in dims:
         xb, xq = prefix_codes(db, m), prefix_codes(q, m)
         raw = faiss.IndexFlatIP(m)
@@ -95,13 +109,15 @@ def raw_faiss_comparison(db, q, dim: int, R: int, timing: dict) -> dict:
         ours = build_index(xb, backend="faiss-cpu")
         runs[f"raw {m}"] = lambda raw=raw, xq=xq: raw.search(xq, R)
         runs[f"retrieval {m}"] = lambda ours=ours, m=m: ours.search(prefix_codes(q, m), R)
+        runs[f"scores_only {m}"] = lambda xb=xb, xq=xq: _scores_only(xb, xq, block)
     t = time_interleaved(runs, **timing)
     out = {}
-    for who in ("raw", "retrieval"):
+    for who in ("raw", "retrieval", "scores_only"):
         full, short = t[f"{who} {dims[0]}"], t[f"{who} {dims[1]}"]
         out[who] = {"qps_full": len(q) / full["best_seconds"], "qps_1_16": len(q) / short["best_seconds"],
                     "speedup_at_1_16": full["best_seconds"] / short["best_seconds"],
                     "speedup_at_1_16_round_median": _round_ratio(full["seconds"], short["seconds"])}
+    out["scores_only"]["block_rows"] = block
     return out
 
 
@@ -188,7 +204,8 @@ def print_table(out: dict) -> None:
         print(f"same rounds, exact at 1/16 vs full: bare FAISS IndexFlatIP {raw['raw']['speedup_at_1_16']:.2f}x "
               f"({raw['raw']['qps_1_16']:.0f} / {raw['raw']['qps_full']:.0f} q/s), this package "
               f"{raw['retrieval']['speedup_at_1_16']:.2f}x ({raw['retrieval']['qps_1_16']:.0f} / "
-              f"{raw['retrieval']['qps_full']:.0f} q/s)")
+              f"{raw['retrieval']['qps_full']:.0f} q/s); the scores alone (no selection) "
+              f"{raw['scores_only']['speedup_at_1_16']:.2f}x")
     f = out["funnel"]
     print(f"funnel {f['short_dim']} -> {f['rerank_dim']} dims, {f['shortlist_size']} shortlisted: mAP@R {f['map']:.4f} "
           f"vs {f['full_length_map']:.4f} full length ({f['map_delta_points']:+.2f} points); {f['qps']:.0f} q/s = "

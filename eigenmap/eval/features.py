@@ -153,13 +153,13 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
     row = start_row = int(loader.indices[0]) if len(loader.indices) else 0
     labels = []
     started = time.perf_counter()
-    first_batch_at, first_batch_size = None, 0
+    first_batch_at, first_batch_size = None, 0  # (wall, process CPU) seconds when the first batch came
     bar = _progress(len(loader), f"features {data_path.name}") if progress and rank == 0 else None
     for images, batch_labels in loader:
         if first_batch_at is None:
             # FFCV compiles its pipeline (numba) when the first batch is asked for: a fixed start
             # that a large dataset amortises, kept apart from the rate the loader sustains
-            first_batch_at, first_batch_size = time.perf_counter(), len(images)
+            first_batch_at, first_batch_size = (time.perf_counter(), time.process_time()), len(images)
         with autocast:
             feats = model.backbone(images)
             z = model.projector(feats)
@@ -174,7 +174,7 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
             bar.update(1)
     if bar is not None:
         bar.close()
-    loop_done = time.perf_counter()
+    loop_done = (time.perf_counter(), time.process_time())
     features.flush()
     codes.flush()
     del features, codes
@@ -204,15 +204,19 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
     return load_features(folder)
 
 
-def _steady_rate(started: float, first_batch_at: Optional[float], first_batch_size: int, loop_done: float,
-                 rows: int) -> dict:
-    """Rank 0's start (seconds to its first batch: pipeline compilation, first decode) and the
-    rate it sustained after that (images of the later batches / their seconds; None with one batch)."""
+def _steady_rate(started: float, first_batch_at: Optional[tuple[float, float]], first_batch_size: int,
+                 loop_done: tuple[float, float], rows: int) -> dict:
+    """Rank 0's start (seconds to its first batch: pipeline compilation, first decode), the rate it
+    sustained after that (images of the later batches / their seconds), and the CPU time (this
+    process, all threads: decode, forward, writes) per image of those batches; None with one batch.
+    ``first_batch_at`` and ``loop_done`` are (wall, process CPU) seconds."""
     if first_batch_at is None:
-        return {"first_batch_seconds": None, "steady_images_per_second": None}
+        return {"first_batch_seconds": None, "steady_images_per_second": None, "steady_cpu_ms_per_image": None}
     later = rows - first_batch_size
-    return {"first_batch_seconds": first_batch_at - started,
-            "steady_images_per_second": later / (loop_done - first_batch_at) if later > 0 else None}
+    wall, cpu = loop_done[0] - first_batch_at[0], loop_done[1] - first_batch_at[1]
+    return {"first_batch_seconds": first_batch_at[0] - started,
+            "steady_images_per_second": later / wall if later > 0 else None,
+            "steady_cpu_ms_per_image": 1000 * cpu / later if later > 0 else None}
 
 
 def _progress(total: int, desc: str):

@@ -29,6 +29,11 @@ def test_bench_extract_reports_extraction_over_the_forward_rate(small_val_beton,
     assert all(r > 0 for r in data["forward_images_per_second"] + data["extraction_images_per_second"]
                + data["loader_images_per_second"])
     assert 0 < data["shared_cores_bound"] < 1
+    cpu = data["cpu_ms_per_image_median"]
+    assert all(len(v) == 2 and all(ms > 0 for ms in v) for v in data["cpu_ms_per_image"].values())
+    assert data["shared_cores_bound"] == pytest.approx(cpu["forward"] / (cpu["forward"] + cpu["loader"]))
+    assert data["contention_cpu_fraction"] == pytest.approx(
+        (cpu["extraction"] - cpu["forward"] - cpu["loader"]) / cpu["forward"])
     ratios = [e / f for e, f in zip(data["extraction_images_per_second"], data["forward_images_per_second"])]
     assert data["ratio_per_round"] == pytest.approx(ratios)
     assert all(t > 0 for t in data["first_batch_seconds"])

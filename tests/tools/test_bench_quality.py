@@ -53,6 +53,7 @@ def test_bench_quality_trains_evaluates_and_resumes(tiny_imagefolder, tmp_path):
         assert 0 <= m["probe_top1"] <= 100 and 0 <= m["knn20_top1"] <= 100 and m["pca_map"]["512"] > 0
     assert -1.0 <= trained["eigenvalue_spearman"] <= 1.0 and untrained["eigenvalue_spearman"] is None
     assert trained["train_seconds"] > 0
+    assert trained["overrides"][-5:] == cmd[-5:]  # the settings it trained with, --set included
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training:" not in again.stdout  # finished runs and their evaluations are reused
@@ -60,6 +61,7 @@ def test_bench_quality_trains_evaluates_and_resumes(tiny_imagefolder, tmp_path):
     page = (tmp_path / "results.md").read_text()  # a part of the comparison names what it left out
     assert "Methods not run in this comparison: neuralef, simclr, barlow_twins, spectral_contrastive." in page
     assert "| neuralef_stopgrad |" in page and "| random_init |" in page
+    assert " ".join(cmd[-5:]) + "`" in page  # the page names what each method ran with, --set included
     changed = [*cmd, "loss.alpha=0.5"]  # a finished run of other settings is not reported as this one
     refused = subprocess.run(changed, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "training:" not in refused.stdout

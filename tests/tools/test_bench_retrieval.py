@@ -27,7 +27,7 @@ def test_bench_retrieval_writes_speedups_funnel_and_backend(tmp_path):
     assert data["lengths"][-1]["speedup"] == 1.0
     assert data["speedup_at_1_16"] == data["lengths"][2]["speedup"] > 0  # 64 / 16 = 4 dimensions
     assert data["speedup_at_1_16_round_median"] > 0
-    for who in ("raw", "retrieval"):  # bare FAISS and this package, timed in the same rounds
+    for who in ("raw", "retrieval", "scores_only"):  # bare FAISS, this package, the matmul: the same rounds
         assert data["raw_faiss_comparison"][who]["speedup_at_1_16"] > 0
     assert data["backend"] == "faiss-cpu" and data["device"] == "cpu" and data["index"] == "IndexFlatIP"
     ivf = data["approximate"]["ivf"]
