@@ -16,12 +16,11 @@ large dataset amortises but that is a sizeable share of a few thousand images;
 ``first_batch_seconds`` holds it. Whether the
 loader keeps up with the forward is ``steady_ratio``.
 A third rate, ``loader`` (the evaluation loader alone, no forward), goes with the process CPU
-time of each of the three passes (all threads), per image (extraction: after its first batch). On a machine whose cores
-the forward already fills, the loader's CPU (decode, resize, crop, normalise) comes out of the same
-cores, so extraction / forward cannot exceed forward CPU / (forward CPU + loader CPU)
-(``shared_cores_bound``); ``contention_cpu_fraction`` is the CPU the extraction spends beyond
-those two, over the forward's (threads spinning or waiting on each other: near 0 when sharing the
-cores costs nothing more).
+time per image of each of the three passes (all threads; extraction after its first batch). On a
+machine whose cores the forward already fills, the loader's CPU (decode, resize, crop, normalise)
+comes out of the same cores, so extraction / forward cannot exceed forward CPU / (forward CPU +
+loader CPU) (``shared_cores_bound``); ``contention_cpu_fraction`` is the CPU the extraction spends
+beyond those two, over the forward's (near 0 when sharing the cores costs nothing more).
 The model is a freshly initialised one of ``--config`` (weights do not change the speed).
 
 Run: ``python tools/bench_extract.py --json F`` (defaults: ``../shared/data/imagenette2-96/val``,
