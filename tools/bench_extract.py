@@ -21,6 +21,8 @@ machine whose cores the forward already fills, the loader's CPU (decode, resize,
 comes out of the same cores, so extraction / forward cannot exceed forward CPU / (forward CPU +
 loader CPU) (``shared_cores_bound``); ``contention_cpu_fraction`` is the CPU the extraction spends
 beyond those two, over the forward's (near 0 when sharing the cores costs nothing more).
+``normalise_ms_per_batch`` times the loader's normalisation of one batch against the plain
+per-channel broadcast it replaced (best of 20 each).
 The model is a freshly initialised one of ``--config`` (weights do not change the speed).
 
 Run: ``python tools/bench_extract.py --json F`` (defaults: ``../shared/data/imagenette2-96/val``,
@@ -68,6 +70,30 @@ def loader_rate(loader) -> tuple[float, float]:
     for x, _ in loader:
         n += len(x)
     return n / (time.perf_counter() - started), (time.process_time() - cpu) / n
+
+
+def normalise_ms(side: int, batch_size: int, mean, std, repeats: int = 20) -> dict[str, float]:
+    """Milliseconds per batch of the evaluation loader's normalisation (``normalise_uint8``)
+    against the plain per-channel broadcast (``[1, 3, 1, 1]`` mean and std against channels_last
+    uint8, as the loader did before), on random uint8 images; best of ``repeats``."""
+    from eigenmap.data.ffcv_loaders import normalisation_rows, normalise_uint8
+
+    images = torch.randint(0, 256, (batch_size, side, side, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    rows = normalisation_rows(mean, std, side)
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+    ways = {"flat_rows": lambda: normalise_uint8(images, *rows),
+            "per_channel_broadcast": lambda: images.float().sub_(m).div_(s)}
+    best = {}
+    for name, way in ways.items():
+        way()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            way()
+            times.append(time.perf_counter() - started)
+        best[name] = 1000 * min(times)
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{rates['extraction'][-1]:.0f} images/s ({rates['steady'][-1]:.0f} after a first batch of "
                   f"{first_batch[-1]:.2f} s), loader alone {rates['loader'][-1]:.0f} images/s; CPU ms per image: "
                   + ", ".join(f"{name} {v[-1]:.2f}" for name, v in cpu_ms.items()), flush=True)
+    normalise = normalise_ms(cfg.data.resolution, args.batch_size, cfg.data.mean, cfg.data.std)
     ratios = [e / f for e, f in zip(rates["extraction"], rates["forward"])]
     cpu = {name: statistics.median(v) for name, v in cpu_ms.items()}
     steady = [e / f for e, f in zip(rates["steady"], rates["forward"])]
@@ -140,12 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_ms_per_image": cpu_ms, "cpu_ms_per_image_median": cpu,
         "shared_cores_bound": cpu["forward"] / (cpu["forward"] + cpu["loader"]),
         "contention_cpu_fraction": (cpu["extraction"] - cpu["forward"] - cpu["loader"]) / cpu["forward"],
+        "normalise_ms_per_batch": normalise,
     }
     print(f"extraction / forward: {figures['ratio']:.3f} end to end, {figures['steady_ratio']:.3f} after the first "
           f"batch (medians of {args.rounds} rounds: {', '.join(f'{r:.3f}' for r in ratios)}; "
           f"{', '.join(f'{r:.3f}' for r in steady)}); with the loader's CPU taken from the forward's cores it "
           f"could reach {figures['shared_cores_bound']:.3f}; CPU beyond forward + loader: "
-          f"{100 * figures['contention_cpu_fraction']:+.1f}% of the forward's")
+          f"{100 * figures['contention_cpu_fraction']:+.1f}% of the forward's; normalising a batch: "
+          f"{normalise['flat_rows']:.1f} ms (per-channel broadcast: {normalise['per_channel_broadcast']:.1f} ms)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=1) + "\n")

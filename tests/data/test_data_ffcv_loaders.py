@@ -11,6 +11,7 @@ import torch
 
 from eigenmap.config import DataConfig, ViewAugmentConfig
 from eigenmap.data import build_eval_loader, build_train_loader, train_shard
+from eigenmap.data.ffcv_loaders import normalisation_rows, normalise_uint8
 
 BATCH = 16
 SIDE = 32  # the index images' side (conftest.INDEX_SIDE)
@@ -171,6 +172,19 @@ def test_eval_loader_is_deterministic_and_sees_every_image_once_across_ranks(ind
     pixels = (x * std + mean) * 255
     assert abs(pixels[:, 1:, :, 2:8].mean().item() - 20) < 1.5
     assert abs(pixels[:, 1:, :, -8:-2].mean().item() - 230) < 1.5
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_eval_normalisation_matches_per_channel_mean_and_std_in_either_layout(channels_last):
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    images = torch.randint(0, 256, (5, 3, 7, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    x = normalise_uint8(images, *normalisation_rows(mean, std, 7))
+    expected = (images.double() - torch.tensor(mean).view(1, 3, 1, 1) * 255) / (torch.tensor(std).view(1, 3, 1, 1) * 255)
+    assert x.dtype == torch.float32 and x.shape == images.shape
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x.double(), expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,8 @@ def test_bench_extract_reports_extraction_over_the_forward_rate(small_val_beton,
     assert all(t > 0 for t in data["first_batch_seconds"])
     steady = [s / f for s, f in zip(data["steady_images_per_second"], data["forward_images_per_second"])]
     assert data["steady_ratio_per_round"] == pytest.approx(steady)
+    assert set(data["normalise_ms_per_batch"]) == {"flat_rows", "per_channel_broadcast"}
+    assert all(ms > 0 for ms in data["normalise_ms_per_batch"].values())
     assert data["images_forward"] == 80 and "extraction / forward" in done.stdout
 
 
