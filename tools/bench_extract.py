@@ -22,7 +22,7 @@ comes out of the same cores, so extraction / forward cannot exceed forward CPU /
 loader CPU) (``shared_cores_bound``); ``contention_cpu_fraction`` is the CPU the extraction spends
 beyond those two, over the forward's (near 0 when sharing the cores costs nothing more).
 ``normalise_ms_per_batch`` times the loader's normalisation of one batch against the plain
-per-channel broadcast it replaced (best of 20 each).
+per-channel broadcast it replaced (best of 20 interleaved rounds).
 The model is a freshly initialised one of ``--config`` (weights do not change the speed).
 
 Run: ``python tools/bench_extract.py --json F`` (defaults: ``../shared/data/imagenette2-96/val``,
@@ -75,8 +75,9 @@ def loader_rate(loader) -> tuple[float, float]:
 def normalise_ms(side: int, batch_size: int, mean, std, repeats: int = 20) -> dict[str, float]:
     """Milliseconds per batch of the evaluation loader's normalisation (``normalise_uint8``)
     against the plain per-channel broadcast (``[1, 3, 1, 1]`` mean and std against channels_last
-    uint8, as the loader did before), on random uint8 images; best of ``repeats``."""
+    uint8, as the loader did before), on random uint8 images; best of ``repeats`` interleaved rounds."""
     from eigenmap.data.ffcv_loaders import normalisation_rows, normalise_uint8
+    from retrieval.timing import time_interleaved
 
     images = torch.randint(0, 256, (batch_size, side, side, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
     rows = normalisation_rows(mean, std, side)
@@ -84,16 +85,8 @@ def normalise_ms(side: int, batch_size: int, mean, std, repeats: int = 20) -> di
     s = torch.tensor(std).view(1, 3, 1, 1) * 255.0
     ways = {"flat_rows": lambda: normalise_uint8(images, *rows),
             "per_channel_broadcast": lambda: images.float().sub_(m).div_(s)}
-    best = {}
-    for name, way in ways.items():
-        way()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            way()
-            times.append(time.perf_counter() - started)
-        best[name] = 1000 * min(times)
-    return best
+    timed = time_interleaved(ways, repeats=repeats)
+    return {name: 1000 * t["best_seconds"] for name, t in timed.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -299,7 +299,7 @@ def normalise_uint8(images: torch.Tensor, mean_row: torch.Tensor, inv_std_row: t
     """
     # One long row broadcast over a flat NHWC view: PyTorch vectorises it, where a [1, 3, 1, 1]
     # mean against channels_last memory (innermost dimension 3) runs element by element, and
-    # multiplying by 1/std avoids float division. Together 4-5x faster on the project's CPU
+    # multiplying by 1/std avoids float division. Together about 5x faster on the project's CPU
     # machine (tools/bench_extract.py, normalise_ms_per_batch); the result may differ from
     # dividing by std in the last bit.
     b, _, h, w = images.shape
