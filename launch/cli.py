@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from eigenmap.host_memory import keep_freed_memory
+
 # name -> module under launch/ that implements it
 SUBCOMMANDS = {
     "prepare": "launch.cmd_prepare",
@@ -47,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     # FAISS logs each instruction-set variant it could not load (AVX-512, AVX2...) at INFO
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     args = build_parser(argv).parse_args(argv)
+    try:
+        keep_freed_memory()  # every subcommand's CPU work (decode, forward, probe) reuses its large buffers
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return int(args.func(args) or 0)
 
 

@@ -27,6 +27,7 @@ def _extract_per_worker(config: dict) -> None:
     from ray.train.torch import get_device
 
     from eigenmap.eval.features import extract_features
+    from eigenmap.host_memory import keep_freed_memory
     from eigenmap.run_dir import load_run
     from launch.ray_runner import quiet_ray_train_logs
 
@@ -34,6 +35,7 @@ def _extract_per_worker(config: dict) -> None:
     device = get_device()
     if device.type == "cpu":
         torch.set_num_threads(config["cpus_per_worker"])
+        keep_freed_memory()
     run = load_run(config["run_dir"], device=device)
     extract_features(run.model, run.config, config["data"], config["folder"], weights=run.weights, step=run.step,
                      batch_size=config["batch_size"], device=device,

@@ -10,19 +10,23 @@ Two rates, measured in turns in one run (``--rounds`` each, median):
               ``.npy`` files.
 
 The ratio extraction / forward is what the loader and the writes cost (target >= 0.9 on CPU).
-It is given twice: end to end (``ratio``), and after the first batch (``steady_ratio``). The first
-batch waits for FFCV to compile its pipeline (numba, once per dataset file), a fixed start that a
-large dataset amortises but that is a sizeable share of a few thousand images;
-``first_batch_seconds`` holds it. Whether the
-loader keeps up with the forward is ``steady_ratio``.
+It is given twice: end to end (``ratio``), and from the first batch's arrival on
+(``steady_ratio``: every image over the seconds from then to the end). The first batch waits for
+FFCV to compile its pipeline (numba, once per dataset file), a fixed start that a large dataset
+amortises but that is a sizeable share of a few thousand images; ``first_batch_seconds`` holds
+it. Whether the loader keeps up with the forward is ``steady_ratio``.
 A third rate, ``loader`` (the evaluation loader alone, no forward), goes with the process CPU
-time per image of each of the three passes (all threads; extraction after its first batch). On a
+time per image of each of the three passes (all threads; extraction from its first batch on). On a
 machine whose cores the forward already fills, the loader's CPU (decode, resize, crop, normalise)
 comes out of the same cores, so extraction / forward cannot exceed forward CPU / (forward CPU +
 loader CPU) (``shared_cores_bound``); ``contention_cpu_fraction`` is the CPU the extraction spends
 beyond those two, over the forward's (near 0 when sharing the cores costs nothing more).
 ``normalise_ms_per_batch`` times the loader's normalisation of one batch against the plain
 per-channel broadcast it replaced (best of 20 interleaved rounds).
+Like the ``eigenmap`` command, the benchmark first makes the C allocator reuse freed memory
+(:func:`eigenmap.host_memory.keep_freed_memory`; ``keep_freed_memory`` in the JSON);
+``page_faults_per_image`` counts the minor page faults of the forward and of the extraction.
+``EIGENMAP_KEEP_FREED_MEMORY=0 python tools/bench_extract.py`` measures glibc's defaults.
 The model is a freshly initialised one of ``--config`` (weights do not change the speed).
 
 Run: ``python tools/bench_extract.py --json F`` (defaults: ``../shared/data/imagenette2-96/val``,
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -51,16 +56,21 @@ def _default_data() -> Path:
     return base / "imagenette2-96" / "val"
 
 
-def forward_rate(model, batches: list[torch.Tensor]) -> tuple[float, float]:
-    """Images/s of the evaluation forward over decoded batches held in memory, and its CPU
-    seconds per image."""
+def minor_faults() -> int:
+    """Minor page faults of this process so far (pages the kernel mapped in and zeroed)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def forward_rate(model, batches: list[torch.Tensor]) -> tuple[float, float, float]:
+    """Images/s of the evaluation forward over decoded batches held in memory, its CPU seconds
+    per image and its minor page faults per image."""
     n = sum(len(b) for b in batches)
     with torch.no_grad():
         model.codes(batches[0])  # warm-up: oneDNN picks its kernels
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu, faults = time.perf_counter(), time.process_time(), minor_faults()
         for x in batches:
             model.codes(x)
-    return n / (time.perf_counter() - started), (time.process_time() - cpu) / n
+    return n / (time.perf_counter() - started), (time.process_time() - cpu) / n, (minor_faults() - faults) / n
 
 
 def loader_rate(loader) -> tuple[float, float]:
@@ -106,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     from eigenmap.config import load_config
     from eigenmap.data import build_eval_loader, write_beton
     from eigenmap.eval.features import extract_features
+    from eigenmap.host_memory import keep_freed_memory
     from eigenmap.models import build_model
 
+    reuse = keep_freed_memory()  # as the eigenmap command does: forward and extraction alike
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [f"data.loader_workers={args.loader_workers}"])
     with tempfile.TemporaryDirectory(prefix="bench_extract-") as tmp:
@@ -129,13 +141,20 @@ def main(argv: list[str] | None = None) -> int:
         images = sum(len(b) for b in batches)
         rates: dict[str, list[float]] = {"forward": [], "extraction": [], "steady": [], "loader": []}
         cpu_ms: dict[str, list[float]] = {"forward": [], "extraction": [], "loader": []}  # per image
+        faults: dict[str, list[float]] = {"forward": [], "extraction": []}  # minor page faults per image
         first_batch: list[float] = []
         for r in range(args.rounds):
-            for name, (rate, cpu) in (("loader", loader_rate(loader)), ("forward", forward_rate(model, batches))):
-                rates[name].append(rate)
-                cpu_ms[name].append(1000 * cpu)
+            rate, cpu = loader_rate(loader)
+            rates["loader"].append(rate)
+            cpu_ms["loader"].append(1000 * cpu)
+            rate, cpu, per_image = forward_rate(model, batches)
+            rates["forward"].append(rate)
+            cpu_ms["forward"].append(1000 * cpu)
+            faults["forward"].append(per_image)
+            before = minor_faults()
             arrays = extract_features(model, cfg, beton, tmp / f"features{r}", weights=weights, step=None,
                                       batch_size=args.batch_size, progress=False)
+            faults["extraction"].append((minor_faults() - before) / arrays.meta["dataset"]["num_images"])
             cpu_ms["extraction"].append(arrays.meta["steady_cpu_ms_per_image"])
             rates["extraction"].append(arrays.meta["images_per_second"])
             rates["steady"].append(arrays.meta["steady_images_per_second"])
@@ -143,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1}: forward {rates['forward'][-1]:.0f} images/s, extraction "
                   f"{rates['extraction'][-1]:.0f} images/s ({rates['steady'][-1]:.0f} after a first batch of "
                   f"{first_batch[-1]:.2f} s), loader alone {rates['loader'][-1]:.0f} images/s; CPU ms per image: "
-                  + ", ".join(f"{name} {v[-1]:.2f}" for name, v in cpu_ms.items()), flush=True)
+                  + ", ".join(f"{name} {v[-1]:.2f}" for name, v in cpu_ms.items())
+                  + f"; page faults per image: forward {faults['forward'][-1]:.0f}, extraction "
+                  f"{faults['extraction'][-1]:.0f}", flush=True)
     normalise = normalise_ms(cfg.data.resolution, args.batch_size, cfg.data.mean, cfg.data.std)
     ratios = [e / f for e, f in zip(rates["extraction"], rates["forward"])]
     cpu = {name: statistics.median(v) for name, v in cpu_ms.items()}
@@ -161,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "shared_cores_bound": cpu["forward"] / (cpu["forward"] + cpu["loader"]),
         "contention_cpu_fraction": (cpu["extraction"] - cpu["forward"] - cpu["loader"]) / cpu["forward"],
         "normalise_ms_per_batch": normalise,
+        "keep_freed_memory": reuse, "page_faults_per_image": faults,
     }
     print(f"extraction / forward: {figures['ratio']:.3f} end to end, {figures['steady_ratio']:.3f} after the first "
           f"batch (medians of {args.rounds} rounds: {', '.join(f'{r:.3f}' for r in ratios)}; "

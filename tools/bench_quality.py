@@ -320,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from eigenmap.data import read_manifest
+    from eigenmap.host_memory import keep_freed_memory
 
     torch.set_num_threads(os.cpu_count() or 1)
+    keep_freed_memory()  # its evaluation (extraction, probe) runs in this process
     train_beton, val_beton = prepare_data(args.data, args.out)
     out_runs = args.out / f"runs-{args.epochs}ep"
     results = {"data": str(args.data), "epochs": args.epochs, "recipe": RECIPE + args.set,

@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from eigenmap.config import Config, from_dict, to_dict  # noqa: E402
+from eigenmap.host_memory import keep_freed_memory  # noqa: E402
 from eigenmap.train.checks import prepare_train_config  # noqa: E402
 
 
@@ -451,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         torch.set_num_threads(args.threads)
+        # the worker loop does this on CPU; the bare loop in this process needs it too, or the
+        # ratio would hold the allocator's page faults on one side only
+        keep_freed_memory()
     else:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

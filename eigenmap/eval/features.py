@@ -153,13 +153,13 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
     row = start_row = int(loader.indices[0]) if len(loader.indices) else 0
     labels = []
     started = time.perf_counter()
-    first_batch_at, first_batch_size = None, 0  # (wall, process CPU) seconds when the first batch came
+    first_batch_at = None  # (wall, process CPU) seconds when the first batch came
     bar = _progress(len(loader), f"features {data_path.name}") if progress and rank == 0 else None
     for images, batch_labels in loader:
         if first_batch_at is None:
             # FFCV compiles its pipeline (numba) when the first batch is asked for: a fixed start
             # that a large dataset amortises, kept apart from the rate the loader sustains
-            first_batch_at, first_batch_size = (time.perf_counter(), time.process_time()), len(images)
+            first_batch_at = (time.perf_counter(), time.process_time())
         with autocast:
             feats = model.backbone(images)
             z = model.projector(feats)
@@ -193,7 +193,7 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
         "shapes": {"features": [n, feat_dim], "codes": [n, k], "labels": [n]}, "dtype": "float32",
         "device": str(device), "precision": "bf16" if device.type == "cuda" else "fp32", "workers": world,
         "seconds": seconds, "images_per_second": n / seconds if seconds > 0 else None,
-        **_steady_rate(started, first_batch_at, first_batch_size, loop_done, row - start_row),
+        **_steady_rate(started, first_batch_at, loop_done, row - start_row),
     }
     (tmp / SIDECAR).write_text(json.dumps(meta, indent=1))
     if folder.exists():
@@ -204,19 +204,20 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
     return load_features(folder)
 
 
-def _steady_rate(started: float, first_batch_at: Optional[tuple[float, float]], first_batch_size: int,
-                 loop_done: tuple[float, float], rows: int) -> dict:
-    """Rank 0's start (seconds to its first batch: pipeline compilation, first decode), the rate it
-    sustained after that (images of the later batches / their seconds), and the CPU time (this
-    process, all threads: decode, forward, writes) per image of those batches; None with one batch.
-    ``first_batch_at`` and ``loop_done`` are (wall, process CPU) seconds."""
-    if first_batch_at is None:
+def _steady_rate(started: float, first_batch_at: Optional[tuple[float, float]], loop_done: tuple[float, float],
+                 rows: int) -> dict:
+    """Rank 0's start (seconds to its first batch: pipeline compilation, first decode) and the
+    rate it sustained from then on: all ``rows`` images over the seconds from the first batch's
+    arrival to the end of the loop, a window that holds every image's forward, the first batch's
+    included; and the CPU time (this process, all threads: decode, forward, writes) per image in
+    that window. None without a batch. ``first_batch_at`` and ``loop_done`` are (wall, process
+    CPU) seconds."""
+    if first_batch_at is None or rows < 1:
         return {"first_batch_seconds": None, "steady_images_per_second": None, "steady_cpu_ms_per_image": None}
-    later = rows - first_batch_size
     wall, cpu = loop_done[0] - first_batch_at[0], loop_done[1] - first_batch_at[1]
     return {"first_batch_seconds": first_batch_at[0] - started,
-            "steady_images_per_second": later / wall if later > 0 else None,
-            "steady_cpu_ms_per_image": 1000 * cpu / later if later > 0 else None}
+            "steady_images_per_second": rows / wall if wall > 0 else None,
+            "steady_cpu_ms_per_image": 1000 * cpu / rows}
 
 
 def _progress(total: int, desc: str):

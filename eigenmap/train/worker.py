@@ -36,6 +36,7 @@ from eigenmap.data import SYNTHETIC, BatchAugment, SyntheticTwoViewLoader, build
 from eigenmap.data.manifest import dataset_identity
 from eigenmap.data.prefetch import AugmentAhead
 from eigenmap.durable import atomic_write_text
+from eigenmap.host_memory import keep_freed_memory
 from eigenmap.models import EigenmapModel, build_model
 from eigenmap.train.checkpoint import (CheckpointStore, LocalCheckpointStore, TrainerState, export_weights,
                                        read_checkpoint, read_meta, write_checkpoint)
@@ -134,6 +135,7 @@ def _setup_model(cfg: Config, device: torch.device, world: int) -> torch.nn.Modu
 def _use_device(cfg: Config, device: torch.device) -> None:
     if device.type == "cpu":
         torch.set_num_threads(cfg.dist.cpus_per_worker)  # the cores this worker was given, no oversubscription
+        keep_freed_memory()  # activations above glibc's mmap ceiling otherwise fault in anew every step
     else:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv kernels
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast on tensor cores

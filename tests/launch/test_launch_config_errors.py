@@ -41,3 +41,13 @@ def test_bad_config_fails_before_any_worker_starts(launch_config, tmp_path, over
 def test_missing_config_file_is_named(tmp_path):
     proc = _train(str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2 and "nope.yaml' does not exist" in proc.stderr
+
+
+def test_a_bad_keep_freed_memory_value_fails_before_the_subcommand_runs(launch_config, tmp_path):
+    env = {**cli_env(), "EIGENMAP_KEEP_FREED_MEMORY": "on"}
+    proc = subprocess.run([sys.executable, "-c", CHECK, "train", str(launch_config),
+                           f"train.run_dir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "EIGENMAP_KEEP_FREED_MEMORY='on': use 1" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()

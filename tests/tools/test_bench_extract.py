@@ -42,6 +42,8 @@ def test_bench_extract_reports_extraction_over_the_forward_rate(small_val_beton,
     assert set(data["normalise_ms_per_batch"]) == {"flat_rows", "per_channel_broadcast"}
     assert all(ms > 0 for ms in data["normalise_ms_per_batch"].values())
     assert data["images_forward"] == 80 and "extraction / forward" in done.stdout
+    assert data["keep_freed_memory"] is True  # glibc (Linux)
+    assert {k: len(v) for k, v in data["page_faults_per_image"].items()} == {"forward": 2, "extraction": 2}
 
 
 def test_bench_extract_rejects_a_missing_data_path(tmp_path):
