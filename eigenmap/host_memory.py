@@ -10,9 +10,10 @@ reused and the faults stop after the first batch (``tools/bench_extract.py`` rep
 ``page_faults_per_image``). PyTorch's CPU performance guide gets the same reuse from jemalloc or
 TCMalloc; this needs no preloaded library. The cost is memory: the process keeps its heap at its
 peak until it exits, and freed blocks are not always large enough for torch's 64-byte-aligned
-requests, so the heap grows past the live set before reuse starts (extracting Imagenette val
-with ResNet-18: peak RSS 1,659 MB against 1,546 MB; one 64 MiB tensor made and freed in a loop:
-eight of them held before the ninth is reused).
+requests, so the heap can grow past the live set before reuse starts: one 64 MiB tensor made
+and freed in a loop holds eight of them before the ninth is reused. In a real workload it was
+lost in the noise: ``/usr/bin/time -v python tools/bench_extract.py --rounds 1`` peaked at 1,754
+MB resident, against 1,767 MB with ``EIGENMAP_KEEP_FREED_MEMORY=0``.
 
 ``EIGENMAP_KEEP_FREED_MEMORY=0`` leaves the C library's defaults alone (for instance on a node
 shared by many small processes). Elsewhere than glibc it does nothing.
