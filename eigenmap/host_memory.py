@@ -3,9 +3,9 @@
 glibc serves every allocation above its mmap threshold (which it raises to at most 32 MB) with a
 fresh ``mmap`` and unmaps it again on ``free``, so the next allocation of that size faults in
 and zeroes every 4 KiB page anew. A CPU forward of ResNet-18 at 64 px on a batch of 256 makes
-activations of up to 67 MB, above that ceiling: measured here, it took about 230 minor page
-faults per image and spent 10-15% of its CPU time in the kernel, in every forward and every
-training step. With ``mmap`` allocations off and the heap never trimmed, freed blocks are
+activations of up to 67 MB, above that ceiling. Measured here, feature extraction took 230-242
+minor page faults per image (the forward alone, on decoded batches, 125) and spent 10-15% of its
+CPU time in the kernel; a training step allocates the same way. With ``mmap`` allocations off and the heap never trimmed, freed blocks are
 reused and the faults stop after the first batch (``tools/bench_extract.py`` reports
 ``page_faults_per_image``). PyTorch's CPU performance guide gets the same reuse from jemalloc or
 TCMalloc; this needs no preloaded library. The cost is memory: the process keeps its heap at its
