@@ -3,17 +3,18 @@
 glibc serves every allocation above its mmap threshold (which it raises to at most 32 MB) with a
 fresh ``mmap`` and unmaps it again on ``free``, so the next allocation of that size faults in
 and zeroes every 4 KiB page anew. A CPU forward of ResNet-18 at 64 px on a batch of 256 makes
-activations of up to 67 MB, above that ceiling. Measured here, feature extraction took 230-242
-minor page faults per image (the forward alone, on decoded batches, 125) and spent 10-15% of its
-CPU time in the kernel; a training step allocates the same way. With ``mmap`` allocations off and the heap never trimmed, freed blocks are
-reused and the faults stop after the first batch (``tools/bench_extract.py`` reports
-``page_faults_per_image``). PyTorch's CPU performance guide gets the same reuse from jemalloc or
-TCMalloc; this needs no preloaded library. The cost is memory: the process keeps its heap at its
-peak until it exits, and freed blocks are not always large enough for torch's 64-byte-aligned
-requests, so the heap can grow past the live set before reuse starts: one 64 MiB tensor made
-and freed in a loop holds eight of them before the ninth is reused. In a real workload it was
-lost in the noise: ``/usr/bin/time -v python tools/bench_extract.py --rounds 1`` peaked at 1,754
-MB resident, against 1,767 MB with ``EIGENMAP_KEEP_FREED_MEMORY=0``.
+activations of up to 67 MB, above that ceiling; a training step allocates the same way. With
+``mmap`` allocations off and the heap never trimmed, freed blocks are reused and the faults stop
+after the first batch. ``tools/bench_extract.py`` (``page_faults_per_image``), with and without
+``EIGENMAP_KEEP_FREED_MEMORY=0``: 230-242 minor page faults per image in the extraction and 3.73
+ms of CPU per image with glibc's defaults, 2-7 and 3.10 ms with reuse. PyTorch's CPU performance
+guide gets the same reuse from jemalloc or TCMalloc; this needs no preloaded library.
+
+The cost is memory: the process keeps its heap at its peak until it exits, and freed blocks are
+not always large enough for torch's 64-byte-aligned requests, so the heap can grow past the live
+set before reuse starts (``tests/test_host_memory.py`` warms up for that reason). Over a real
+job it was lost in the noise: ``/usr/bin/time -v python tools/bench_extract.py --rounds 1``
+peaked at 1,754 MB resident, against 1,767 MB with ``EIGENMAP_KEEP_FREED_MEMORY=0``.
 
 ``EIGENMAP_KEEP_FREED_MEMORY=0`` leaves the C library's defaults alone (for instance on a node
 shared by many small processes). Elsewhere than glibc it does nothing.

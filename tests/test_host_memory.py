@@ -14,7 +14,7 @@ from eigenmap.host_memory import OPT_OUT_VARIABLE, keep_freed_memory
 REPO = Path(__file__).resolve().parents[1]
 
 # a 64 MiB tensor (above glibc's 32 MiB mmap ceiling) made and freed ten times, after 16 times
-# of warm-up: the heap needs a few (8 here) before a freed block is large enough for torch's
+# of warm-up: the heap needs a few before a freed block is large enough for torch's
 # 64-byte-aligned request, which is the memory the setting costs
 SCRIPT = """
 import resource, torch

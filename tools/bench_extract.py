@@ -56,30 +56,36 @@ def _default_data() -> Path:
     return base / "imagenette2-96" / "val"
 
 
-def minor_faults() -> int:
-    """Minor page faults of this process so far (pages the kernel mapped in and zeroed)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def usage() -> tuple[float, float, int]:
+    """This process now: (wall seconds, CPU seconds of all threads, minor page faults so far)."""
+    return time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def per_image(before: tuple[float, float, int], n: int) -> tuple[float, float, float]:
+    """Since ``before`` (a :func:`usage`), over ``n`` images: images/s, CPU seconds per image and
+    minor page faults per image."""
+    wall, cpu, faults = (now - then for now, then in zip(usage(), before))
+    return n / wall, cpu / n, faults / n
 
 
 def forward_rate(model, batches: list[torch.Tensor]) -> tuple[float, float, float]:
-    """Images/s of the evaluation forward over decoded batches held in memory, its CPU seconds
-    per image and its minor page faults per image."""
+    """:func:`per_image` figures of the evaluation forward over decoded batches held in memory."""
     n = sum(len(b) for b in batches)
     with torch.no_grad():
         model.codes(batches[0])  # warm-up: oneDNN picks its kernels
-        started, cpu, faults = time.perf_counter(), time.process_time(), minor_faults()
+        before = usage()
         for x in batches:
             model.codes(x)
-    return n / (time.perf_counter() - started), (time.process_time() - cpu) / n, (minor_faults() - faults) / n
+    return per_image(before, n)
 
 
-def loader_rate(loader) -> tuple[float, float]:
-    """Images/s of the evaluation loader alone (decode, resize, crop, normalise; no forward), and
-    its CPU seconds per image."""
-    n, started, cpu = 0, time.perf_counter(), time.process_time()
+def loader_rate(loader) -> tuple[float, float, float]:
+    """:func:`per_image` figures of the evaluation loader alone (decode, resize, crop,
+    normalise; no forward)."""
+    n, before = 0, usage()
     for x, _ in loader:
         n += len(x)
-    return n / (time.perf_counter() - started), (time.process_time() - cpu) / n
+    return per_image(before, n)
 
 
 def normalise_ms(side: int, batch_size: int, mean, std, repeats: int = 20) -> dict[str, float]:
@@ -144,17 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         faults: dict[str, list[float]] = {"forward": [], "extraction": []}  # minor page faults per image
         first_batch: list[float] = []
         for r in range(args.rounds):
-            rate, cpu = loader_rate(loader)
-            rates["loader"].append(rate)
-            cpu_ms["loader"].append(1000 * cpu)
-            rate, cpu, per_image = forward_rate(model, batches)
-            rates["forward"].append(rate)
-            cpu_ms["forward"].append(1000 * cpu)
-            faults["forward"].append(per_image)
-            before = minor_faults()
+            for name, (rate, cpu, page_faults) in (("loader", loader_rate(loader)),
+                                                   ("forward", forward_rate(model, batches))):
+                rates[name].append(rate)
+                cpu_ms[name].append(1000 * cpu)
+                if name in faults:
+                    faults[name].append(page_faults)
+            before = usage()
             arrays = extract_features(model, cfg, beton, tmp / f"features{r}", weights=weights, step=None,
                                       batch_size=args.batch_size, progress=False)
-            faults["extraction"].append((minor_faults() - before) / arrays.meta["dataset"]["num_images"])
+            faults["extraction"].append(per_image(before, arrays.meta["dataset"]["num_images"])[2])
             cpu_ms["extraction"].append(arrays.meta["steady_cpu_ms_per_image"])
             rates["extraction"].append(arrays.meta["images_per_second"])
             rates["steady"].append(arrays.meta["steady_images_per_second"])
