@@ -44,50 +44,59 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _split_by_holdout(src: Path, dest: Path, fraction: float, seed: int) -> tuple[int, int]:
-    """Symlink trees ``dest/train`` and ``dest/val``: a seeded ``fraction`` of every class to val."""
+def _split_by_holdout(src: Path, dest: Path, fraction: float, seed: int) -> None:
+    """Symlink trees ``dest/train`` and ``dest/val``: a seeded ``fraction`` of every class's files
+    to val. Every file is linked, images or not: ``eigenmap prepare`` is the one judge of what is
+    an image, and it lists the files it skips in each ``.beton.json``."""
     import numpy as np
 
     if dest.exists():
         shutil.rmtree(dest)
-    counts = [0, 0]
     classes = sorted(p for p in src.iterdir() if p.is_dir())
     for label, cls in enumerate(classes):
         files = sorted(p for p in cls.rglob("*") if p.is_file())
         rng = np.random.default_rng([seed, label])
         held = set(rng.choice(len(files), size=round(fraction * len(files)), replace=False).tolist())
         for i, f in enumerate(files):
-            split = "val" if i in held else "train"
-            target = dest / split / cls.name / f.relative_to(cls)
+            target = dest / ("val" if i in held else "train") / cls.name / f.relative_to(cls)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(f.resolve())
-            counts[split == "val"] += 1
-    return counts[0], counts[1]
+
+
+def _written(beton: Path) -> tuple[int, int]:
+    """``(images, skipped files)`` of a prepared file, from its ``.beton.json`` sidecar."""
+    sidecar = json.loads(Path(str(beton) + ".json").read_text())
+    return sidecar["num_images"], len(sidecar["skipped"])
 
 
 def _prepare_data(args: argparse.Namespace, eigenmap, seed: int) -> tuple[Path, Path, str]:
-    """The train and validation .beton files, and a sentence saying where they came from."""
+    """The train and validation .beton files, and a sentence saying where they came from, with the
+    image counts the files hold (not the files the folders hold: some may not be images)."""
     data_dir = args.out_dir / "data"
     if args.data is None:
         sources = [(FASHION_MNIST, "train", data_dir / "fashion-mnist-train.beton"),
                    (FASHION_MNIST, "t10k", data_dir / "fashion-mnist-test.beton")]
-        statement = (f"Fashion-MNIST from {FASHION_MNIST} (Debian's dataset-fashion-mnist): its train set (60,000 "
-                     "images) trains and is the retrieval database; its test set (10,000) is the probe's validation "
-                     "set and the retrieval queries.")
+        statement = (f"Fashion-MNIST from {FASHION_MNIST} (Debian's dataset-fashion-mnist): its train set trains and "
+                     "is the retrieval database; its test set is the probe's validation set and the retrieval queries.")
     elif (args.data / "train").is_dir() and (args.data / "val").is_dir():
         sources = [(args.data / s, "train", data_dir / f"{args.data.name}-{s}.beton") for s in ("train", "val")]
         statement = f"ImageFolder {args.data}: train/ trains and is the database; val/ validates and queries."
     else:
         split = data_dir / "split"
-        n_train, n_val = _split_by_holdout(args.data, split, args.holdout, seed)
+        _split_by_holdout(args.data, split, args.holdout, seed)
         sources = [(split / s, "train", data_dir / f"{args.data.name}-{s}.beton") for s in ("train", "val")]
-        statement = (f"ImageFolder {args.data} split by a seeded holdout: {args.holdout:.0%} of every class (seed "
-                     f"{seed}) is the validation set ({n_val} images), the rest ({n_train}) trains.")
+        statement = (f"ImageFolder {args.data} split by a seeded holdout: {args.holdout:.0%} of every class's files "
+                     f"(seed {seed}) validate and query, the rest train and are the database.")
     for src, split_name, beton in sources:
         if not beton.is_file():
             rc = eigenmap(["prepare", str(src), str(beton), "--split", split_name, "--overwrite"])
             if rc:
                 raise SystemExit(rc)
+    (n_train, skipped_train), (n_val, skipped_val) = (_written(beton) for _, _, beton in sources)
+    statement += f" Training set: {n_train:,} images; validation set: {n_val:,}."
+    if skipped_train + skipped_val:
+        statement += (f" {skipped_train + skipped_val} files were not usable images and were skipped "
+                      f"(listed, with the reason, in each .beton.json).")
     return sources[0][2], sources[1][2], statement
 
 
@@ -128,12 +137,15 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(run_dir)
     device_overrides, device = _device_overrides()
     classes = len(json.loads(Path(str(train_beton) + ".json").read_text())["classes"])
+    # mAP@100 needs 100 database images; a small folder's demo ranks its whole database instead.
+    retrieval_r = min(100, _written(train_beton)[0])
     stages = [
         ("train", ["train", str(DEMO_CONFIG), f"data.train_path={train_beton}", f"train.run_dir={run_dir}",
                    f"train.max_steps={args.max_steps}", f"model.num_classes={classes}", *device_overrides,
                    *args.overrides, "--json", str(args.out_dir / "train.json")]),
         ("linear probe and kNN", ["probe", str(run_dir), "--train", str(train_beton), "--val", str(val_beton)]),
-        ("retrieval", ["retrieve", str(run_dir), "--database", str(train_beton), "--queries", str(val_beton)]),
+        ("retrieval", ["retrieve", str(run_dir), "--database", str(train_beton), "--queries", str(val_beton),
+                       "--R", str(retrieval_r)]),
     ]
     for name, command in stages:
         t0 = time.perf_counter()

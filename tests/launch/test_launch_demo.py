@@ -4,6 +4,7 @@ probe, kNN, retrieval and the report, as `make demo` runs them."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -15,8 +16,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
 def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tmp_path):
+    # A folder as people have them: a macOS .DS_Store and a notes file among the images. Half of
+    # each class is held out, so the database (80 images) is smaller than the default R = 100.
+    folder = tmp_path / "folder"
+    shutil.copytree(imagenette_subset, folder)
+    classes = sorted(p for p in folder.iterdir())
+    (classes[0] / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (classes[1] / "notes.txt").write_text("photographed in 2024\n")
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "launch.cli", "demo", "--data", str(imagenette_subset), "--holdout", "0.25",
+    cmd = [sys.executable, "-m", "launch.cli", "demo", "--data", str(folder), "--holdout", "0.5",
            "--out-dir", str(out), "--max-steps", "6", "--json", str(tmp_path / "demo.json"),
            "data.batch_size_per_worker=16", "model.projector_hidden_dim=64", "model.projector_out_dim=64",
            "train.log_every_steps=2", "train.checkpoint_every_steps=100", "eval.probe_epochs=3"]
@@ -24,9 +32,15 @@ def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tm
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert set(summary["stage_seconds"]) == {"prepare data", "train", "linear probe and kNN", "retrieval", "report"}
-    # 4 classes x 40 images, a quarter of each held out
-    assert "seeded holdout: 25% of every class (seed 0) is the validation set (40 images), the rest (120)" \
-        in summary["data_statement"]
+    # the counts are the images the files hold: 4 classes x 40 images, the two stray files skipped
+    statement = summary["data_statement"]
+    assert "seeded holdout: 50% of every class's files (seed 0)" in statement, statement
+    written = [json.loads((out / "data" / f"folder-{s}.beton.json").read_text())["num_images"] for s in ("train", "val")]
+    assert sum(written) == 160 and 78 <= written[0] <= 82, written
+    assert f"Training set: {written[0]} images; validation set: {written[1]}." in statement, statement
+    assert "2 files were not usable images and were skipped" in statement, statement
+    retrieval = json.loads((out / "run" / "eval" / "retrieval" / "codes" / "retrieval.json").read_text())
+    assert retrieval["R"] == written[0]  # capped at the database size, not failed
     report_dir = out / "run" / "report"
     report = (report_dir / "report.md").read_text()
     for heading in ("## Configuration", "## The demo's data and stages", "## Training", "## Eigenvalue spectrum",
