@@ -54,12 +54,14 @@ def _split_by_holdout(src: Path, dest: Path, fraction: float, seed: int) -> None
         shutil.rmtree(dest)
     classes = sorted(p for p in src.iterdir() if p.is_dir())
     for label, cls in enumerate(classes):
+        for split in ("train", "val"):  # a class with no file on one side keeps its label there
+            (dest / split / cls.name).mkdir(parents=True)
         files = sorted(p for p in cls.rglob("*") if p.is_file())
         rng = np.random.default_rng([seed, label])
         held = set(rng.choice(len(files), size=round(fraction * len(files)), replace=False).tolist())
         for i, f in enumerate(files):
             target = dest / ("val" if i in held else "train") / cls.name / f.relative_to(cls)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)  # a class's subfolders
             target.symlink_to(f.resolve())
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from launch.arg_types import int_at_least
-from launch.eval_inputs import add_extraction_arguments, dataset_arrays, pick_device
+from launch.eval_inputs import add_extraction_arguments, dataset_arrays, pick_device, same_classes
 
 
 def add_parser(subparsers) -> None:
@@ -77,10 +77,7 @@ def evaluate(loaded, train, val, args: argparse.Namespace, device: torch.device)
     from eigenmap.eval.linear_probe import Standardiser, train_probe
 
     ev = loaded.config.eval
-    classes = len(train.meta["dataset"]["classes"])
-    if val.meta["dataset"]["classes"] != train.meta["dataset"]["classes"]:
-        raise ValueError(f"train and val have different classes ({len(train.meta['dataset']['classes'])} vs "
-                         f"{len(val.meta['dataset']['classes'])}); accepted: two splits of one dataset")
+    classes = same_classes(train, val, ("--train", "--val"))
     epochs, lr = args.epochs or ev.probe_epochs, args.lr or ev.probe_lr
     started = time.perf_counter()
     standardiser = Standardiser.fit(train.features)

@@ -77,6 +77,23 @@ def dataset_arrays(run: Optional[LoadedRun], run_dir: Optional[Path], data: Path
     return extract(run, run_dir, data, folder, args, device)
 
 
+def same_classes(first: FeatureSet, second: FeatureSet, roles: tuple[str, str]) -> int:
+    """The number of classes of two feature sets whose labels index the same class list.
+
+    Raises:
+        ValueError: their datasets list different classes, so label i would not mean one class in
+            both (e.g. a validation folder without one of the training folder's classes).
+    """
+    a, b = (s.meta["dataset"]["classes"] for s in (first, second))
+    if a != b:
+        missing = sorted(set(a) ^ set(b))[:5]
+        raise ValueError(f"{roles[0]} and {roles[1]} label different class lists ({len(a)} vs {len(b)} classes"
+                         + (f"; in one only: {', '.join(missing)}" if missing else "; in another order")
+                         + "); accepted: two splits of one dataset, written from folders with the same class "
+                         "folders (an empty class folder keeps its label)")
+    return len(a)
+
+
 def extract(run: LoadedRun, run_dir: Path, data: Path, folder: Path, args: argparse.Namespace,
             device: torch.device) -> FeatureSet:
     """Extract ``data``'s arrays into ``folder``: here, or on ``--workers`` Ray workers."""

@@ -6,6 +6,7 @@ Every command runs as a user types it (a subprocess of the CLI); the outputs are
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,25 @@ def test_retrieve_runs_on_saved_feature_folders_without_the_run(trained_run, sma
     report = json.loads((tmp_path / "report" / "retrieval.json").read_text())
     assert report["name"] == "features" and report["sizes"]["code_length"] == 512
     assert [rec["dim"] for rec in report["lengths"]] == [64, 512] and report["inputs"]["run"] is None
+
+
+def test_retrieval_and_probe_refuse_sets_whose_labels_index_different_classes(trained_run, small_val_beton, tmp_path):
+    done = eigenmap("extract", str(trained_run), str(small_val_beton), "--out", str(tmp_path / "val"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the same arrays, as a dataset written from a folder that lacked the first class
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "val", other)
+    meta = json.loads((other / "features.json").read_text())
+    dropped = meta["dataset"]["classes"].pop(0)
+    (other / "features.json").write_text(json.dumps(meta))
+    for command in (["retrieve", "--database", str(tmp_path / "val"), "--queries", str(other), "--R", "10",
+                     "--out", str(tmp_path / "report")],
+                    ["probe", str(trained_run), "--train", str(tmp_path / "val"), "--val", str(other)]):
+        done = eigenmap(*command)
+        assert done.returncode == 2, (command, done.stderr[-2000:])
+        assert "label different class lists (10 vs 9 classes; in one only: " + dropped in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "report").exists()
 
 
 def test_a_run_without_trained_weights_is_refused_naming_the_missing_file(trained_run, small_beton, tmp_path):
