@@ -71,9 +71,12 @@ def _written(beton: Path) -> tuple[int, int]:
     return sidecar["num_images"], len(sidecar["skipped"])
 
 
-def _prepare_data(args: argparse.Namespace, eigenmap, seed: int) -> tuple[Path, Path, str]:
+def _prepare_data(args: argparse.Namespace, eigenmap, cfg) -> tuple[Path, Path, str]:
     """The train and validation .beton files, and a sentence saying where they came from, with the
     image counts the files hold (not the files the folders hold: some may not be images)."""
+    from eigenmap.data import stored_side_for
+
+    seed, longest = cfg.train.seed, stored_side_for(cfg.data.resolution)
     data_dir = args.out_dir / "data"
     if args.data is None:
         sources = [(FASHION_MNIST, "train", data_dir / "fashion-mnist-train.beton"),
@@ -91,11 +94,13 @@ def _prepare_data(args: argparse.Namespace, eigenmap, seed: int) -> tuple[Path, 
                      f"(seed {seed}) validate and query, the rest train and are the database.")
     for src, split_name, beton in sources:
         if not beton.is_file():
-            rc = eigenmap(["prepare", str(src), str(beton), "--split", split_name, "--overwrite"])
+            rc = eigenmap(["prepare", str(src), str(beton), "--split", split_name, "--overwrite",
+                           "--max-resolution", str(longest)])
             if rc:
                 raise SystemExit(rc)
     (n_train, skipped_train), (n_val, skipped_val) = (_written(beton) for _, _, beton in sources)
-    statement += f" Training set: {n_train:,} images; validation set: {n_val:,}."
+    statement += (f" Training set: {n_train:,} images; validation set: {n_val:,}; stored at most {longest} px on "
+                  f"the longer side (training crops {cfg.data.resolution} px).")
     if skipped_train + skipped_val:
         statement += (f" {skipped_train + skipped_val} files were not usable images and were skipped "
                       f"(listed, with the reason, in each .beton.json).")
@@ -130,8 +135,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    seed = load_config(DEMO_CONFIG, args.overrides).train.seed
-    train_beton, val_beton, statement = _prepare_data(args, eigenmap, seed)
+    train_beton, val_beton, statement = _prepare_data(args, eigenmap, load_config(DEMO_CONFIG, args.overrides))
     seconds["prepare data"] = time.perf_counter() - started
 
     run_dir = args.out_dir / "run"

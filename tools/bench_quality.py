@@ -79,9 +79,10 @@ def _default_data() -> Path:
     return base / "imagenette2-96"
 
 
-def prepare_data(data: Path, out: Path) -> tuple[Path, Path]:
-    """train/ and val/ of the ImageFolder as .beton files (written once)."""
-    from eigenmap.data import write_beton
+def prepare_data(data: Path, out: Path, resolution: int) -> tuple[Path, Path]:
+    """train/ and val/ of the ImageFolder as .beton files (written once), stored no larger than
+    training at ``resolution`` px can use."""
+    from eigenmap.data import stored_side_for, write_beton
 
     paths = []
     for split in ("train", "val"):
@@ -89,7 +90,8 @@ def prepare_data(data: Path, out: Path) -> tuple[Path, Path]:
             raise SystemExit(f"--data '{data}' has no {split}/ folder; expected an ImageFolder with train/ and val/")
         beton = out / "data" / f"{split}.beton"
         if not (beton.is_file() and Path(str(beton) + ".json").is_file()):
-            write_beton(data / split, beton, workers=os.cpu_count() or 1, overwrite=True)
+            write_beton(data / split, beton, workers=os.cpu_count() or 1, overwrite=True,
+                        max_resolution=stored_side_for(resolution))
         paths.append(beton)
     return paths[0], paths[1]
 
@@ -319,12 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch
 
+    from eigenmap.config import load_config
     from eigenmap.data import read_manifest
     from eigenmap.host_memory import keep_freed_memory
 
     torch.set_num_threads(os.cpu_count() or 1)
     keep_freed_memory()  # its evaluation (extraction, probe) runs in this process
-    train_beton, val_beton = prepare_data(args.data, args.out)
+    resolution = load_config(CONFIG, RECIPE + args.set).data.resolution
+    train_beton, val_beton = prepare_data(args.data, args.out, resolution)
     out_runs = args.out / f"runs-{args.epochs}ep"
     results = {"data": str(args.data), "epochs": args.epochs, "recipe": RECIPE + args.set,
                "train_images": read_manifest(train_beton)["num_images"],
@@ -347,8 +351,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{method}] probe top-1 {m['probe_top1']:.2f}, kNN-20 {m['knn20_top1']:.2f}, mAP@100 "
               f"{m['map_at_100'][str(m['code_length'])]:.3f} (1/16: {m['map_at_100'].get(str(m['code_length'] // 16))})",
               flush=True)
-    from eigenmap.config import load_config
-
     results["probe_epochs"] = load_config(out_runs / args.methods[0] / "config.yaml").eval.probe_epochs
     command = "python tools/bench_quality.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     if args.json:

@@ -1,6 +1,7 @@
 """Data: ImageFolder/IDX -> FFCV writer, two-view loaders, batched augmentations, a twin.
 
-- :func:`write_beton` (``eigenmap prepare``): source -> ``.beton`` + manifest.
+- :func:`write_beton` (``eigenmap prepare``): source -> ``.beton`` + manifest;
+  :func:`stored_side_for`: the longest side worth storing for a training resolution.
 - :func:`read_manifest`: classes, counts, skipped files of a ``.beton``.
 - :func:`build_train_loader`: FFCV two-view loader of one worker's shard (uint8 views).
 - :class:`BatchAugment`: per-sample colour jitter, grayscale, blur, solarise, normalise on
@@ -20,7 +21,7 @@ from .sharding import epoch_permutation, eval_shard, steps_per_epoch, train_shar
 from .sources import SourceError
 from .synthetic import SYNTHETIC, SyntheticTwoViewLoader
 from .twin import TwoViewFolder, build_twin_train_loader
-from .writer import WriterError, write_beton
+from .writer import WriterError, stored_side_for, write_beton
 
 __all__ = [
     "BatchAugment",
@@ -40,6 +41,7 @@ __all__ = [
     "manifest_path",
     "read_manifest",
     "steps_per_epoch",
+    "stored_side_for",
     "train_shard",
     "write_beton",
 ]

@@ -37,8 +37,10 @@ def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tm
     assert "seeded holdout: 50% of every class's files (seed 0)" in statement, statement
     written = [json.loads((out / "data" / f"folder-{s}.beton.json").read_text())["num_images"] for s in ("train", "val")]
     assert sum(written) == 160 and 78 <= written[0] <= 82, written
-    assert f"Training set: {written[0]} images; validation set: {written[1]}." in statement, statement
+    assert f"Training set: {written[0]} images; validation set: {written[1]};" in statement, statement
     assert "2 files were not usable images and were skipped" in statement, statement
+    assert "stored at most 256 px on the longer side (training crops 32 px)" in statement, statement
+    assert json.loads((out / "data" / "folder-train.beton.json").read_text())["max_resolution"] == 256
     retrieval = json.loads((out / "run" / "eval" / "retrieval" / "codes" / "retrieval.json").read_text())
     assert retrieval["R"] == written[0]  # capped at the database size, not failed
     report_dir = out / "run" / "report"

@@ -53,6 +53,8 @@ def test_bench_quality_trains_evaluates_and_resumes(tiny_imagefolder, tmp_path):
         assert 0 <= m["probe_top1"] <= 100 and 0 <= m["knn20_top1"] <= 100 and m["pca_map"]["512"] > 0
     assert -1.0 <= trained["eigenvalue_spearman"] <= 1.0 and untrained["eigenvalue_spearman"] is None
     assert trained["train_seconds"] > 0
+    for split in ("train", "val"):  # stored no larger than 32 px training can use (a 4x crop margin, >= 256)
+        assert json.loads((out / "data" / f"{split}.beton.json").read_text())["max_resolution"] == 256
     assert trained["overrides"][-5:] == cmd[-5:]  # the settings it trained with, --set included
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
