@@ -83,6 +83,10 @@ def _check_train_data(cfg: Config) -> None:
     if not path:
         raise ConfigError(f"config key 'data.train_path' is empty: pass data.train_path=PATH.beton (written by "
                           f"`eigenmap prepare`) or data.train_path={SYNTHETIC}")
+    if Path(path).is_dir():
+        raise ConfigError(f"config key 'data.train_path': '{path}' is a folder; training reads a .beton: write one "
+                          f"from an ImageFolder with `eigenmap prepare {path} OUT.beton` and pass "
+                          "data.train_path=OUT.beton")
     if not Path(path).is_file():
         raise ConfigError(f"config key 'data.train_path': '{path}' does not exist (write it with "
                           f"`eigenmap prepare SRC OUT.beton`, or pass data.train_path={SYNTHETIC})")

@@ -27,6 +27,8 @@ def _train(*args: str) -> subprocess.CompletedProcess:
     (["dist.zero_stage=3"], "config key 'dist.zero_stage': 3 is out of range"),
     (["data.train_path="], "config key 'data.train_path' is empty"),
     (["data.train_path=/nonexistent/train.beton"], "'/nonexistent/train.beton' does not exist"),
+    (["data.train_path=configs"], "configs' is a folder; training reads a .beton: write one from an ImageFolder "
+                                  "with `eigenmap prepare "),
     (["data.train_path=synthetic", "dist.zero_stage=2"], "LARS"),
 ])
 def test_bad_config_fails_before_any_worker_starts(launch_config, tmp_path, overrides, message):
