@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 # the one recipe every method shares (configs/imagenette_resnet18.yaml plus these)
 RECIPE = [
     "model.arch=resnet18", "model.small_image_stem=false", "model.projector_hidden_dim=2048",
-    "model.projector_out_dim=512", "model.num_classes=10",
+    "model.projector_out_dim=512",
     "optim.name=lars", "optim.base_lr=0.3", "optim.weight_decay=1.0e-6", "optim.warmup_epochs=2",
     "optim.final_lr_ratio=0.001",
     "data.resolution=64", "data.eval_resize=72", "data.batch_size_per_worker=256", "data.loader_workers=1",
@@ -106,9 +106,13 @@ def method_settings(method: str, extra: list[str]) -> list[str]:
 
 
 def _overrides(method: str, run_dir: Path, train_beton: Path, epochs: int, extra: list[str]) -> list[str]:
-    """The overrides of CONFIG one method trains with in this comparison."""
-    return [*RECIPE, *method_settings(method, extra), f"train.epochs={epochs}", f"data.train_path={train_beton}",
-            f"train.run_dir={run_dir}"]
+    """The overrides of CONFIG one method trains with in this comparison (the online classifier
+    sized to the dataset's classes, which --set may still override)."""
+    from eigenmap.data import read_manifest
+
+    classes = len(read_manifest(train_beton)["classes"])
+    return [*RECIPE, f"model.num_classes={classes}", *method_settings(method, extra), f"train.epochs={epochs}",
+            f"data.train_path={train_beton}", f"train.run_dir={run_dir}"]
 
 
 def _config(method: str, run_dir: Path, train_beton: Path, epochs: int, extra: list[str]):

@@ -70,6 +70,19 @@ def test_bench_quality_trains_evaluates_and_resumes(tiny_imagefolder, tmp_path):
     assert "loss.alpha: " in refused.stderr and " -> 0.5" in refused.stderr and "another --out" in refused.stderr
 
 
+def test_a_dataset_with_more_than_ten_classes_gets_an_online_classifier_of_its_size(tmp_path):
+    from PIL import Image
+
+    from eigenmap.data import write_beton
+
+    for c in range(12):
+        (tmp_path / "src" / f"class{c:02d}").mkdir(parents=True)
+        Image.fromarray(np.full((8, 8, 3), 20 * c, dtype=np.uint8)).save(tmp_path / "src" / f"class{c:02d}" / "0.png")
+    write_beton(tmp_path / "src", tmp_path / "train.beton", workers=1)
+    cfg = _load_bench()._config("neuralef_stopgrad", tmp_path / "run", tmp_path / "train.beton", 1, [])
+    assert cfg.model.num_classes == 12
+
+
 def test_the_results_page_holds_every_method_and_the_command():
     bench = _load_bench()
     lengths = ["8", "16", "32", "64", "128", "256", "512"]
