@@ -107,6 +107,16 @@ def _prepare_data(args: argparse.Namespace, eigenmap, cfg) -> tuple[Path, Path, 
     return sources[0][2], sources[1][2], statement
 
 
+def _fitted_batch(n_images: int, cfg) -> list[str]:
+    """An override lowering ``data.batch_size_per_worker`` so that one step's global batch fits
+    the training set (a small folder), or nothing when it already fits or cannot (fewer images
+    than workers: the loader then names the problem)."""
+    workers, batch = cfg.dist.num_workers, cfg.data.batch_size_per_worker
+    if n_images >= workers * batch or n_images < workers:
+        return []
+    return [f"data.batch_size_per_worker={n_images // workers}"]
+
+
 def _device_overrides() -> tuple[list[str], str]:
     """One worker per GPU when there are GPUs; else the demo config's two CPU workers."""
     import torch
@@ -143,12 +153,19 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(run_dir)
     device_overrides, device = _device_overrides()
     classes = len(json.loads(Path(str(train_beton) + ".json").read_text())["classes"])
-    # mAP@100 needs 100 database images; a small folder's demo ranks its whole database instead.
-    retrieval_r = min(100, _written(train_beton)[0])
+    n_train = _written(train_beton)[0]
+    # a small folder: its batch and mAP cut-off shrink to fit it (given before the user's overrides, which win)
+    fitted = _fitted_batch(n_train, load_config(DEMO_CONFIG, [*device_overrides, *args.overrides]))
+    if fitted:
+        statement += (f" The training batch is lowered to {fitted[0].split('=')[1]} per worker so that a step fits "
+                      f"the {n_train} training images.")
+    retrieval_r = min(100, n_train)
+    if retrieval_r < 100:
+        statement += f" Retrieval ranks the whole database: mAP@{retrieval_r}, not mAP@100."
     stages = [
         ("train", ["train", str(DEMO_CONFIG), f"data.train_path={train_beton}", f"train.run_dir={run_dir}",
                    f"train.max_steps={args.max_steps}", f"model.num_classes={classes}", *device_overrides,
-                   *args.overrides, "--json", str(args.out_dir / "train.json")]),
+                   *fitted, *args.overrides, "--json", str(args.out_dir / "train.json")]),
         ("linear probe and kNN", ["probe", str(run_dir), "--train", str(train_beton), "--val", str(val_beton)]),
         ("retrieval", ["retrieve", str(run_dir), "--database", str(train_beton), "--queries", str(val_beton),
                        "--R", str(retrieval_r)]),

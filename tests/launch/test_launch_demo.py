@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tmp_path):
     # A folder as people have them: a macOS .DS_Store and a notes file among the images. Half of
-    # each class is held out, so the database (80 images) is smaller than the default R = 100.
+    # each class is held out, so the training set (about 80 images) is smaller than the demo's
+    # global batch (2 x 64) and than the default R = 100: both shrink to fit it.
     folder = tmp_path / "folder"
     shutil.copytree(imagenette_subset, folder)
     classes = sorted(p for p in folder.iterdir())
@@ -26,7 +27,7 @@ def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tm
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "launch.cli", "demo", "--data", str(folder), "--holdout", "0.5",
            "--out-dir", str(out), "--max-steps", "6", "--json", str(tmp_path / "demo.json"),
-           "data.batch_size_per_worker=16", "model.projector_hidden_dim=64", "model.projector_out_dim=64",
+           "model.projector_hidden_dim=64", "model.projector_out_dim=64",
            "train.log_every_steps=2", "train.checkpoint_every_steps=100", "eval.probe_epochs=3"]
     done = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -41,6 +42,8 @@ def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tm
     assert "2 files were not usable images and were skipped" in statement, statement
     assert "stored at most 256 px on the longer side (training crops 32 px)" in statement, statement
     assert json.loads((out / "data" / "folder-train.beton.json").read_text())["max_resolution"] == 256
+    assert f"The training batch is lowered to {written[0] // 2} per worker" in statement, statement
+    assert f"mAP@{written[0]}, not mAP@100" in statement, statement
     retrieval = json.loads((out / "run" / "eval" / "retrieval" / "codes" / "retrieval.json").read_text())
     assert retrieval["R"] == written[0]  # capped at the database size, not failed
     report_dir = out / "run" / "report"

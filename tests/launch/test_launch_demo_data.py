@@ -1,4 +1,4 @@
-"""The demo's seeded holdout of one ImageFolder: both sides label classes alike."""
+"""The demo's data: the seeded holdout of one ImageFolder, and a small folder's batch."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 from PIL import Image
 
 from eigenmap.data import write_beton
-from launch.cmd_demo import _split_by_holdout
+from eigenmap.config import load_config
+from launch.cmd_demo import DEMO_CONFIG, _fitted_batch, _split_by_holdout
 
 
 def _folder(root, sizes: dict[str, int]):
@@ -35,3 +36,11 @@ def test_the_holdout_is_the_same_for_the_same_seed_and_moves_with_it(tmp_path):
         held.append(sorted(str(p.relative_to(tmp_path / f"split{run}" / "val"))
                            for p in (tmp_path / f"split{run}" / "val").rglob("*.png")))
     assert len(held[0]) == 10 and held[0] == held[1] and held[0] != held[2]
+
+
+def test_a_small_training_set_lowers_the_demo_batch_to_fit_it():
+    cfg = load_config(DEMO_CONFIG, [])  # 2 workers x 64
+    assert _fitted_batch(81, cfg) == ["data.batch_size_per_worker=40"]
+    assert _fitted_batch(128, cfg) == [] and _fitted_batch(60_000, cfg) == []
+    assert _fitted_batch(1, cfg) == []  # fewer images than workers: the loader's error names it
+    assert _fitted_batch(81, load_config(DEMO_CONFIG, ["dist.num_workers=3"])) == ["data.batch_size_per_worker=27"]
