@@ -65,16 +65,11 @@ def _split_by_holdout(src: Path, dest: Path, fraction: float, seed: int) -> None
             target.symlink_to(f.resolve())
 
 
-def _written(beton: Path) -> tuple[int, int]:
-    """``(images, skipped files)`` of a prepared file, from its ``.beton.json`` sidecar."""
-    sidecar = json.loads(Path(str(beton) + ".json").read_text())
-    return sidecar["num_images"], len(sidecar["skipped"])
-
-
-def _prepare_data(args: argparse.Namespace, eigenmap, cfg) -> tuple[Path, Path, str]:
-    """The train and validation .beton files, and a sentence saying where they came from, with the
-    image counts the files hold (not the files the folders hold: some may not be images)."""
-    from eigenmap.data import stored_side_for
+def _prepare_data(args: argparse.Namespace, eigenmap, cfg) -> tuple[Path, Path, str, dict]:
+    """The train and validation .beton files, a sentence saying where they came from, with the
+    image counts the files hold (not the files the folders hold: some may not be images), and the
+    training file's manifest."""
+    from eigenmap.data import read_manifest, stored_side_for
 
     seed, longest = cfg.train.seed, stored_side_for(cfg.data.resolution)
     data_dir = args.out_dir / "data"
@@ -98,13 +93,14 @@ def _prepare_data(args: argparse.Namespace, eigenmap, cfg) -> tuple[Path, Path, 
                            "--max-resolution", str(longest)])
             if rc:
                 raise SystemExit(rc)
-    (n_train, skipped_train), (n_val, skipped_val) = (_written(beton) for _, _, beton in sources)
-    statement += (f" Training set: {n_train:,} images; validation set: {n_val:,}; stored at most {longest} px on "
-                  f"the longer side (training crops {cfg.data.resolution} px).")
-    if skipped_train + skipped_val:
-        statement += (f" {skipped_train + skipped_val} files were not usable images and were skipped "
-                      f"(listed, with the reason, in each .beton.json).")
-    return sources[0][2], sources[1][2], statement
+    train, val = (read_manifest(beton) for _, _, beton in sources)
+    statement += (f" Training set: {train['num_images']:,} images; validation set: {val['num_images']:,}; stored at "
+                  f"most {longest} px on the longer side (training crops {cfg.data.resolution} px).")
+    skipped = len(train["skipped"]) + len(val["skipped"])
+    if skipped:
+        statement += (f" {skipped} files were not usable images and were skipped (listed, with the reason, in each "
+                      ".beton.json).")
+    return sources[0][2], sources[1][2], statement, train
 
 
 def _fitted_batch(n_images: int, cfg) -> list[str]:
@@ -145,20 +141,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    train_beton, val_beton, statement = _prepare_data(args, eigenmap, load_config(DEMO_CONFIG, args.overrides))
+    train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap,
+                                                                load_config(DEMO_CONFIG, args.overrides))
     seconds["prepare data"] = time.perf_counter() - started
 
     run_dir = args.out_dir / "run"
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     device_overrides, device = _device_overrides()
-    classes = len(json.loads(Path(str(train_beton) + ".json").read_text())["classes"])
-    n_train = _written(train_beton)[0]
+    classes, n_train = len(manifest["classes"]), manifest["num_images"]
     # a small folder: its batch and mAP cut-off shrink to fit it (given before the user's overrides, which win)
     fitted = _fitted_batch(n_train, load_config(DEMO_CONFIG, [*device_overrides, *args.overrides]))
     if fitted:
-        statement += (f" The training batch is lowered to {fitted[0].split('=')[1]} per worker so that a step fits "
-                      f"the {n_train} training images.")
+        batch = load_config(DEMO_CONFIG, [*device_overrides, *fitted, *args.overrides]).data.batch_size_per_worker
+        statement += (f" The training batch is lowered to {batch} per worker so that a step fits the {n_train} "
+                      "training images.")
     retrieval_r = min(100, n_train)
     if retrieval_r < 100:
         statement += f" Retrieval ranks the whole database: mAP@{retrieval_r}, not mAP@100."
