@@ -63,3 +63,52 @@ def test_bad_knn_input_is_named(kwargs, message):
 def test_knn_accepts_torch_tensors():
     x = torch.eye(3)
     assert knn_predict(x, torch.tensor([0, 1, 2]), x, ks=[1])[1].tolist() == [0, 1, 2]
+
+
+class _RowReads:
+    """A memory-mapped [N, D] database that records how many rows each read asks for and
+    refuses to be converted whole, as a database larger than memory must never be."""
+
+    def __init__(self, path):
+        self.rows = np.load(path, mmap_mode="r")
+        self.shape, self.reads = self.rows.shape, []
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, rows: slice):
+        block = self.rows[rows]
+        self.reads.append(len(block))
+        return block
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole database was loaded")
+
+
+def test_knn_reads_a_memory_mapped_database_in_blocks_within_its_memory_budget(tmp_path):
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(5, 16))
+    train_y = rng.integers(0, 5, size=300)
+    train_x = (centres[train_y] + rng.normal(scale=2.0, size=(300, 16))).astype(np.float32)
+    test_x = (centres[rng.integers(0, 5, size=50)] + rng.normal(scale=2.0, size=(50, 16))).astype(np.float32)
+    np.save(tmp_path / "train.npy", train_x)
+    database = _RowReads(tmp_path / "train.npy")
+    budget = 4 * (16 + 20) * 32  # 32 rows and their scores against 20 queries
+    preds = knn_predict(database, train_y, test_x, ks=[1, 7, 40], temperature=0.07, num_classes=5, chunk_size=20,
+                        memory_budget_bytes=budget)
+    assert max(database.reads) == 32 and sum(database.reads) == 300  # each row read once, 10 blocks
+    for k, got in preds.items():
+        assert np.array_equal(got.numpy(), _brute_force(train_x, train_y, test_x, k, 0.07, 5)), k
+
+
+def test_a_knn_memory_budget_below_one_row_is_refused_naming_the_minimum():
+    x = np.eye(4, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"below one database row .* at least 32"):
+        knn_predict(x, np.arange(4), x, ks=[1], chunk_size=8, memory_budget_bytes=31)  # 4 queries of width 4
+
+
+def test_nan_in_a_later_database_block_is_named_with_its_rows():
+    x = np.ones((10, 2), dtype=np.float32)
+    x[7, 1] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or inf \(rows 6-8\)"):
+        knn_predict(x, np.zeros(10), x[:2], ks=[1], chunk_size=2, memory_budget_bytes=4 * (2 + 2) * 3)
