@@ -99,3 +99,14 @@ def small_beton(imagenette_dir: Path, tmp_path_factory) -> Path:
 def small_val_beton(imagenette_dir: Path, tmp_path_factory) -> Path:
     """80 Imagenette validation images (10 classes x 8), the evaluation tests' held-out set."""
     return make_small_beton(imagenette_dir, tmp_path_factory.getbasetemp(), per_class=8, split="val")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with multi-process tests (Ray, DeepSpeed, gloo) run first.
+
+    ``make test`` runs two pytest-xdist workers that take whole modules (``--dist loadfile``);
+    starting the long modules first keeps the run from ending on one worker while the other
+    idles. The order within a module is kept, so its module-scoped fixtures are set up once.
+    """
+    heavy = {item.path for item in items if item.get_closest_marker("multiprocess")}
+    items.sort(key=lambda item: item.path not in heavy)

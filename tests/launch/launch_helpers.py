@@ -53,6 +53,19 @@ def eigenmap_train(*args: str, timeout: float = 300, log: Path | None = None, us
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_metrics(run_dir: Path) -> list[dict]:
+    """The rows of ``RUN/metrics.jsonl`` (none before the first step is logged)."""
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest ``RUN/checkpoints/step_*`` folder."""
+    return max((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
