@@ -39,12 +39,12 @@ def database_block_rows(dim: int, query_rows: int, memory_budget_bytes: int) -> 
         ValueError: a budget too small for one row and its scores.
     """
     per_row = 4 * (dim + query_rows)
-    if isinstance(memory_budget_bytes, bool) or not isinstance(memory_budget_bytes, int) \
+    if isinstance(memory_budget_bytes, bool) or not isinstance(memory_budget_bytes, (int, np.integer)) \
             or memory_budget_bytes < per_row:
-        raise ValueError(f"kNN memory budget {memory_budget_bytes!r} bytes is below one database row and its "
-                         f"scores ({per_row} bytes for width {dim} and {query_rows} queries per block); "
-                         f"accepted: an integer of at least {per_row}")
-    return memory_budget_bytes // per_row
+        raise ValueError(f"kNN memory budget: got {memory_budget_bytes!r}; accepted: an integer number of bytes "
+                         f"of at least {per_row}, one database row and its scores (width {dim}, "
+                         f"{query_rows} queries per block)")
+    return int(memory_budget_bytes) // per_row
 
 
 @torch.no_grad()

@@ -103,7 +103,7 @@ def test_knn_reads_a_memory_mapped_database_in_blocks_within_its_memory_budget(t
 
 def test_a_knn_memory_budget_below_one_row_is_refused_naming_the_minimum():
     x = np.eye(4, dtype=np.float32)
-    with pytest.raises(ValueError, match=r"below one database row .* at least 32"):
+    with pytest.raises(ValueError, match=r"got 31; accepted: an integer number of bytes of at least 32"):
         knn_predict(x, np.arange(4), x, ks=[1], chunk_size=8, memory_budget_bytes=31)  # 4 queries of width 4
 
 
