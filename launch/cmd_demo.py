@@ -141,17 +141,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap,
-                                                                load_config(DEMO_CONFIG, args.overrides))
+    device_overrides, device = _device_overrides()
+    cfg = load_config(DEMO_CONFIG, [*device_overrides, *args.overrides])
+    train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap, cfg)
     seconds["prepare data"] = time.perf_counter() - started
 
     run_dir = args.out_dir / "run"
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    device_overrides, device = _device_overrides()
     classes, n_train = len(manifest["classes"]), manifest["num_images"]
     # a small folder: its batch and mAP cut-off shrink to fit it (given before the user's overrides, which win)
-    fitted = _fitted_batch(n_train, load_config(DEMO_CONFIG, [*device_overrides, *args.overrides]))
+    fitted = _fitted_batch(n_train, cfg)
     if fitted:
         batch = load_config(DEMO_CONFIG, [*device_overrides, *fitted, *args.overrides]).data.batch_size_per_worker
         statement += (f" The training batch is lowered to {batch} per worker so that a step fits the {n_train} "
