@@ -2,7 +2,8 @@
 
 1. Data: Fashion-MNIST (Debian's ``dataset-fashion-mnist``, which ``make setup`` installs): its
    train and test sets become FFCV files. ``--data IMAGEFOLDER`` takes any ImageFolder tree
-   instead: ``train/`` and ``val/`` when it has them, else one folder split by a seeded holdout
+   instead: ``train/`` with ``val/`` (or ``valid/``, ``validation/``, ``test/``) when it has
+   them, else ``train/`` alone or one folder of class folders, split by a seeded holdout
    (``--holdout``, a fraction of every class; the report states it).
 2. Training: ``eigenmap train configs/demo.yaml`` on an embedded Ray cluster: two DeepSpeed
    workers on the CPU, or one per GPU found.
@@ -10,7 +11,8 @@
    1/2 ... of their length against random subsets and PCA, with queries/s).
 4. The report: ``RUN/report/report.md`` with its plots (``eigenmap report RUN`` rewrites it).
 
-Running it again reuses the data files and the finished run (``--fresh`` starts the run over).
+Running it again reuses the data files (when made from the same folder, holdout and seed) and the
+finished run (``--fresh`` starts the run over).
 """
 
 from __future__ import annotations
@@ -26,16 +28,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+DATA_KEY = "data_key.json"  # in OUT_DIR/data: what the data files there were made from
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="the main job end to end: data, training, probe, retrieval, report",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=None,
-                   help="an ImageFolder tree (train/ and val/, or one folder to split); default: Fashion-MNIST "
+                   help="an ImageFolder tree (train/ with val/, valid/, validation/ or test/; or train/ alone or "
+                        "one folder of class folders, to split); default: Fashion-MNIST "
                         f"from {FASHION_MNIST}")
     p.add_argument("--holdout", type=float, default=0.2,
-                   help="validation fraction of each class when --data has no train/ and val/ (default 0.2)")
+                   help="validation fraction of each class when --data has no validation folder (default 0.2)")
     p.add_argument("--out-dir", type=Path, default=Path("runs/demo"), help="data, run and report go here")
     p.add_argument("--max-steps", type=int, default=150, help="training steps (default 150)")
     p.add_argument("--fresh", action="store_true", help="delete an earlier demo run first (the data stays)")
@@ -65,34 +69,67 @@ def _split_by_holdout(src: Path, dest: Path, fraction: float, seed: int) -> None
             target.symlink_to(f.resolve())
 
 
+def _data_key(args: argparse.Namespace, cfg) -> dict:
+    """What the demo's data files are made from. Files made from anything else (another
+    folder, holdout or seed, an earlier layout rule) are rebuilt, not reused.
+
+    Raises:
+        ValueError: ``--data`` has a validation folder but no training folder.
+    """
+    from eigenmap.data import stored_side_for
+    from eigenmap.data.sources import split_folders
+
+    longest = stored_side_for(cfg.data.resolution)
+    if args.data is None:
+        return {"data": str(FASHION_MNIST), "longest_side": longest}
+    train, val = split_folders(args.data)
+    held_out = val is None  # one folder (or train/ alone) split by the holdout
+    return {"data": str(args.data.resolve()), "train": train and train.name, "val": val and val.name,
+            "holdout": args.holdout if held_out else None, "seed": cfg.train.seed if held_out else None,
+            "longest_side": longest}
+
+
+def _data_is_current(data_dir: Path, key: dict) -> bool:
+    """Whether the data files in ``data_dir`` were made from ``key`` (:func:`_data_key`)."""
+    key_file = data_dir / DATA_KEY
+    return key_file.is_file() and json.loads(key_file.read_text()) == key
+
+
 def _prepare_data(args: argparse.Namespace, eigenmap, cfg) -> tuple[Path, Path, str, dict]:
     """The train and validation .beton files, a sentence saying where they came from, with the
     image counts the files hold (not the files the folders hold: some may not be images), and the
-    training file's manifest."""
-    from eigenmap.data import read_manifest, stored_side_for
+    training file's manifest. Files made earlier from the same data key are reused."""
+    from eigenmap.data import read_manifest
 
-    seed, longest = cfg.train.seed, stored_side_for(cfg.data.resolution)
-    data_dir = args.out_dir / "data"
+    data_dir, key = args.out_dir / "data", _data_key(args, cfg)
+    seed, longest = cfg.train.seed, key["longest_side"]
     if args.data is None:
         sources = [(FASHION_MNIST, "train", data_dir / "fashion-mnist-train.beton"),
                    (FASHION_MNIST, "t10k", data_dir / "fashion-mnist-test.beton")]
         statement = (f"Fashion-MNIST from {FASHION_MNIST} (Debian's dataset-fashion-mnist): its train set trains and "
                      "is the retrieval database; its test set is the probe's validation set and the retrieval queries.")
-    elif (args.data / "train").is_dir() and (args.data / "val").is_dir():
-        sources = [(args.data / s, "train", data_dir / f"{args.data.name}-{s}.beton") for s in ("train", "val")]
-        statement = f"ImageFolder {args.data}: train/ trains and is the database; val/ validates and queries."
+    elif key["val"] is not None:
+        train, val = args.data / key["train"], args.data / key["val"]
+        sources = [(train, "train", data_dir / f"{args.data.name}-train.beton"),
+                   (val, "train", data_dir / f"{args.data.name}-val.beton")]
+        statement = (f"ImageFolder {args.data}: {train.name}/ trains and is the database; {val.name}/ validates and "
+                     "queries.")
     else:
+        src = args.data / key["train"] if key["train"] else args.data
         split = data_dir / "split"
-        _split_by_holdout(args.data, split, args.holdout, seed)
+        _split_by_holdout(src, split, args.holdout, seed)
         sources = [(split / s, "train", data_dir / f"{args.data.name}-{s}.beton") for s in ("train", "val")]
-        statement = (f"ImageFolder {args.data} split by a seeded holdout: {args.holdout:.0%} of every class's files "
+        statement = (f"ImageFolder {src} split by a seeded holdout: {args.holdout:.0%} of every class's files "
                      f"(seed {seed}) validate and query, the rest train and are the database.")
+    key_file, reuse = data_dir / DATA_KEY, _data_is_current(data_dir, key)
     for src, split_name, beton in sources:
-        if not beton.is_file():
+        if not (reuse and beton.is_file()):
+            key_file.unlink(missing_ok=True)  # until every file is rebuilt from this key
             rc = eigenmap(["prepare", str(src), str(beton), "--split", split_name, "--overwrite",
                            "--max-resolution", str(longest)])
             if rc:
                 raise SystemExit(rc)
+    key_file.write_text(json.dumps(key, indent=1) + "\n")
     train, val = (read_manifest(beton) for _, _, beton in sources)
     statement += (f" Training set: {train['num_images']:,} images; validation set: {val['num_images']:,}; stored at "
                   f"most {longest} px on the longer side (training crops {cfg.data.resolution} px).")
@@ -143,12 +180,23 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     device_overrides, device = _device_overrides()
     cfg = load_config(DEMO_CONFIG, [*device_overrides, *args.overrides])
-    train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap, cfg)
-    seconds["prepare data"] = time.perf_counter() - started
-
+    try:
+        key = _data_key(args, cfg)
+    except ValueError as e:
+        print(f"eigenmap demo: error: {e}", file=sys.stderr)
+        return 2
     run_dir = args.out_dir / "run"
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
+    if run_dir.exists() and not _data_is_current(args.out_dir / "data", key):
+        # the data files are about to be rebuilt from other images: the run would be evaluated on them
+        print(f"eigenmap demo: error: '{run_dir}' holds a run whose data files were not made from this call's "
+              f"--data, --holdout and seed (or predate {args.out_dir / 'data' / DATA_KEY}, their record); pass "
+              "--fresh to train it again on this data, or another --out-dir", file=sys.stderr)
+        return 2
+    train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap, cfg)
+    seconds["prepare data"] = time.perf_counter() - started
+
     classes, n_train = len(manifest["classes"]), manifest["num_images"]
     # a small folder: its batch and mAP cut-off shrink to fit it (given before the user's overrides, which win)
     fitted = _fitted_batch(n_train, cfg)

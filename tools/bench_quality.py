@@ -80,17 +80,26 @@ def _default_data() -> Path:
 
 
 def prepare_data(data: Path, out: Path, resolution: int) -> tuple[Path, Path]:
-    """train/ and val/ of the ImageFolder as .beton files (written once), stored no larger than
-    training at ``resolution`` px can use."""
-    from eigenmap.data import stored_side_for, write_beton
+    """train/ and val/ (or valid/, validation/, test/) of the ImageFolder as .beton files
+    (written once), stored no larger than training at ``resolution`` px can use."""
+    from eigenmap.data import SourceError, manifest_path, read_manifest, stored_side_for, write_beton
+    from eigenmap.data.sources import split_folders
 
+    try:
+        folders = split_folders(data)
+    except SourceError as e:
+        raise SystemExit(f"--data: {e}") from None
+    if None in folders:
+        raise SystemExit(f"--data '{data}' has no train/ and validation folder; expected an ImageFolder with train/ "
+                         "and val/ (or valid/, validation/, test/), each holding class folders")
     paths = []
-    for split in ("train", "val"):
-        if not (data / split).is_dir():
-            raise SystemExit(f"--data '{data}' has no {split}/ folder; expected an ImageFolder with train/ and val/")
+    for split, folder in zip(("train", "val"), folders):
         beton = out / "data" / f"{split}.beton"
-        if not (beton.is_file() and Path(str(beton) + ".json").is_file()):
-            write_beton(data / split, beton, workers=os.cpu_count() or 1, overwrite=True,
+        made_from = read_manifest(beton)["source"] if manifest_path(beton).is_file() else None
+        if made_from is not None and Path(made_from).resolve() != folder.resolve():  # its runs trained on those
+            raise SystemExit(f"--out '{out}' holds data made from '{made_from}', not '{folder}'; pass another --out")
+        if not (beton.is_file() and made_from):
+            write_beton(folder, beton, workers=os.cpu_count() or 1, overwrite=True,
                         max_resolution=stored_side_for(resolution))
         paths.append(beton)
     return paths[0], paths[1]
@@ -310,7 +319,8 @@ def results_markdown(results: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=_default_data(), help="ImageFolder with train/ and val/")
+    p.add_argument("--data", type=Path, default=_default_data(),
+                   help="ImageFolder with train/ and val/ (or valid/, validation/, test/)")
     p.add_argument("--epochs", type=int, default=15, help="training epochs of every method (default 15)")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_quality", help="data, runs and figures")

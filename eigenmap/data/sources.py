@@ -37,6 +37,9 @@ __all__ = [
     "load_rgb",
     "check_image",
     "FASHION_MNIST_LABELS",
+    "TRAIN_FOLDER_NAMES",
+    "VAL_FOLDER_NAMES",
+    "split_folders",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,8 +53,37 @@ FASHION_MNIST_LABELS = (
 )
 
 
+# Folder names (lower case) that hold a dataset's splits, each split an ImageFolder tree: as class
+# names they would label images by split. The validation names are in order of preference.
+TRAIN_FOLDER_NAMES = ("train", "training")
+VAL_FOLDER_NAMES = ("val", "valid", "validation", "test")
+
+
 class SourceError(ValueError):
     """The source is missing, empty, or not a layout the writer understands."""
+
+
+def split_folders(root: Union[str, os.PathLike]) -> tuple[Optional[Path], Optional[Path]]:
+    """The training and validation folders of a dataset tree that keeps its splits in
+    subfolders, matched without regard to case: ``train/`` (or ``training/``) and the first of
+    ``val/``, ``valid/``, ``validation/``, ``test/`` present.
+
+    Returns:
+        ``(train, val)``; ``(train, None)`` when there is no validation folder; ``(None, None)``
+        when ``root``'s subfolders are its classes.
+
+    Raises:
+        SourceError: ``root`` has a validation folder but no training folder.
+    """
+    root = Path(root)
+    folders = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir()}
+    train = next((folders[n] for n in TRAIN_FOLDER_NAMES if n in folders), None)
+    val = next((folders[n] for n in VAL_FOLDER_NAMES if n in folders), None)
+    if val is not None and train is None:
+        raise SourceError(f"'{root}' has {val.name}/ but no train/ beside it; accepted: train/ with one of "
+                          f"{', '.join(n + '/' for n in VAL_FOLDER_NAMES)} (class folders in each), train/ alone, "
+                          "or a folder of class folders (the last two split by a holdout)")
+    return train, val
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,6 +229,11 @@ class ImageFolderSource:
         return load_rgb(self.describe(index))
 
 
+def _has_subfolder(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any(e.is_dir() for e in entries)
+
+
 def _scan_image_folder(root: Path) -> ImageFolderSource:
     entries = sorted(os.scandir(root), key=lambda e: e.name)
     classes, stray = [], []
@@ -209,6 +246,14 @@ def _scan_image_folder(root: Path) -> ImageFolderSource:
         raise SourceError(
             f"source '{root}' has no class folders; expected an ImageFolder tree "
             f"(SRC/<class>/<image files>) or Fashion-MNIST IDX files"
+        )
+    if {n.lower() for n in classes} <= {*TRAIN_FOLDER_NAMES, *VAL_FOLDER_NAMES} and any(
+            _has_subfolder(root / cls) for cls in classes):
+        example = next((c for c in classes if c.lower() in TRAIN_FOLDER_NAMES), classes[0])
+        raise SourceError(
+            f"source '{root}' holds split folders ({', '.join(c + '/' for c in classes)}) of class folders, not "
+            f"class folders: its images would be labelled by split; pass one split as SRC, e.g. "
+            f"'{root / example}'"
         )
     rel: list[bytes] = []
     labels: list[int] = []

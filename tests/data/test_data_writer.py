@@ -137,6 +137,24 @@ def test_unusable_source_is_an_error_naming_it(kind, odd_files, tmp_path):
     assert not out.exists() and not Path(str(out) + ".json").exists()
 
 
+def test_a_tree_of_split_folders_is_refused_naming_a_split_to_pass(imagenette_subset, tmp_path):
+    # train/ and test/ holding class folders would become two classes named after the splits
+    for split in ("test", "train"):
+        shutil.copytree(imagenette_subset, tmp_path / "tree" / split)
+    out = tmp_path / "out.beton"
+    with pytest.raises(SourceError, match=r"holds split folders \(test/, train/\).*e\.g\. '.*/tree/train'"):
+        write_beton(tmp_path / "tree", out, workers=1)
+    assert not out.exists()
+
+
+def test_class_folders_named_like_splits_are_classes_when_their_images_sit_in_them(imagenette_subset, tmp_path):
+    first = sorted(imagenette_subset.iterdir())[0]
+    for name in ("train", "val"):
+        shutil.copytree(first, tmp_path / "src" / name)
+    manifest = write_beton(tmp_path / "src", tmp_path / "out.beton", workers=1)
+    assert manifest["classes"] == ["train", "val"]
+
+
 def test_cli_reports_user_errors_without_traceback(tmp_path, capsys):
     from launch.cli import main
 

@@ -83,6 +83,27 @@ def test_a_dataset_with_more_than_ten_classes_gets_an_online_classifier_of_its_s
     assert cfg.model.num_classes == 12
 
 
+def test_a_tree_with_train_and_test_folders_is_read_and_an_out_of_other_data_is_refused(tmp_path):
+    from PIL import Image
+
+    from eigenmap.data import read_manifest
+
+    def tree(root, classes):
+        for split in ("train", "Test"):
+            for c in classes:
+                (root / split / c).mkdir(parents=True)
+                Image.fromarray(np.full((8, 8, 3), 9, dtype=np.uint8)).save(root / split / c / "0.png")
+        return root
+
+    bench = _load_bench()
+    betons = bench.prepare_data(tree(tmp_path / "one", ["a", "b"]), tmp_path / "out", 32)
+    assert [read_manifest(b)["classes"] for b in betons] == [["a", "b"], ["a", "b"]]
+    assert read_manifest(betons[1])["source"].endswith("/one/Test")
+    assert bench.prepare_data(tmp_path / "one", tmp_path / "out", 32) == betons  # the same data: reused
+    with pytest.raises(SystemExit, match=r"holds data made from '.*/one/train', not '.*/two/train'; pass another"):
+        bench.prepare_data(tree(tmp_path / "two", ["c"]), tmp_path / "out", 32)
+
+
 def test_the_results_page_holds_every_method_and_the_command():
     bench = _load_bench()
     lengths = ["8", "16", "32", "64", "128", "256", "512"]
