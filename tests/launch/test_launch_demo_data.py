@@ -1,4 +1,5 @@
-"""The demo's data: the split folders of an ImageFolder tree or the seeded holdout of one folder, the\ndata files' reuse, and a small folder's batch."""
+"""The demo's data: the split folders of an ImageFolder tree or the seeded holdout of one folder, the
+data files' reuse, and a small folder's batch."""
 
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def test_a_tree_with_only_a_train_folder_splits_it_by_the_holdout(tmp_path):
 def test_a_tree_with_a_validation_folder_but_no_training_folder_is_refused_naming_the_layouts(tmp_path):
     _folder(tmp_path / "tree" / "val", {"a": 2})
     _folder(tmp_path / "tree" / "other", {"a": 2})
-    with pytest.raises(ValueError, match=r"has val/ but no train/ beside it; accepted: train/ with one of val/.*holdout"):
+    refusal = r"has val/ but no train/ beside it; accepted: train/ with one of val/.*holdout"
+    with pytest.raises(ValueError, match=refusal):
         _prepare(tmp_path, tmp_path / "tree")
 
 
@@ -99,5 +101,6 @@ def test_a_run_trained_on_other_data_files_is_refused_before_the_files_are_rebui
     (tmp_path / "demo" / "run").mkdir()  # as a finished demo leaves it
     before = (tmp_path / "demo" / "data" / "data-val.beton").stat().st_mtime_ns
     assert eigenmap(["demo", "--data", str(src), "--holdout", "0.25", "--out-dir", str(tmp_path / "demo")]) == 2
-    assert "holds a run whose data files were not made from this call's --data, --holdout and seed" in capsys.readouterr().err
+    refusal = "holds a run whose data files were not made from this call's --data, --holdout and seed"
+    assert refusal in capsys.readouterr().err
     assert (tmp_path / "demo" / "data" / "data-val.beton").stat().st_mtime_ns == before
