@@ -95,16 +95,20 @@ def _to_rgb_array(img) -> np.ndarray:
     """A PIL image of any mode as an ``H x W x 3`` uint8 RGB array.
 
     Alpha (RGBA, LA, palette with transparency) is composited over white, because transparent
-    pixels often hold arbitrary colours that a viewer never shows. 16-bit and 32-bit integer
-    greyscale is scaled from 0..65535 to 0..255 (``convert('RGB')`` would clip it to white);
-    float images are taken as 0..1 when their maximum is at most 1, else as 0..255.
+    pixels often hold arbitrary colours that a viewer never shows. 16-bit greyscale is scaled
+    from 0..65535 to 0..255 (``convert('RGB')`` would clip it to white). 32-bit integer greyscale
+    (mode ``I``, which does not say its range) is taken as 0..255 when its maximum is at most 255
+    (8-bit values saved from an integer array), else as 0..65535; float images are taken as 0..1
+    when their maximum is at most 1, else as 0..255.
     """
     from PIL import Image
 
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img).astype(np.float64)
-        arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
+        if mode != "I" or (arr.size and arr.max() > 255):  # at most 255 in 16 bits would be black
+            arr = arr / 257.0
+        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
     if mode == "F":
         arr = np.asarray(img).astype(np.float64)

@@ -65,6 +65,10 @@ def odd_files(imagenette_subset: Path, tmp_path_factory) -> dict:
     good["gray_alpha.png"] = (10, 10, 10)
     _save(Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)), cls / "gray16.png")
     good["gray16.png"] = (156, 156, 156)  # 40000 / 257, not clipped to white
+    _save(Image.fromarray(np.full((30, 40), 200, dtype=np.int32)), cls / "int32_8bit.tif")
+    good["int32_8bit.tif"] = (200, 200, 200)  # 32-bit integers holding 8-bit values: not 200 / 257
+    _save(Image.fromarray(np.full((30, 40), 40000, dtype=np.int32)), cls / "int32_16bit.tif")
+    good["int32_16bit.tif"] = (156, 156, 156)
     import cv2
 
     bgr16 = np.zeros((30, 40, 3), dtype=np.uint16)
