@@ -45,12 +45,15 @@ class ProbeResult:
 
 
 class Standardiser(nn.Module):
-    """x -> (x - mean) / std with the statistics of the training features (std floored)."""
+    """x -> (x - mean) / std with the statistics of the training features. A feature constant
+    over the training set (std <= 1e-6, e.g. a ReLU channel no training image activates) is only
+    centred, as scikit-learn's StandardScaler does: divided by a floor, its first non-zero value
+    on a validation image would swamp every logit."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.register_buffer("mean", mean)
-        self.register_buffer("std", std.clamp(min=1e-6))
+        self.register_buffer("std", torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     @classmethod
     def fit(cls, x: Union[np.ndarray, torch.Tensor], chunk_rows: int = 65536) -> "Standardiser":

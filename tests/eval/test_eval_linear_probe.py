@@ -40,6 +40,17 @@ def test_random_labels_stay_at_chance_on_validation():
     assert result.top1 < 30.0  # chance is 20%
 
 
+def test_a_feature_constant_in_training_but_active_on_validation_does_not_swamp_the_probe():
+    # a ReLU channel that no training image activates (all zeros) but some validation images do
+    train_x, train_y = _linear_problem(3000, seed=0)
+    val_x, val_y = _linear_problem(1000, seed=1)
+    dead = np.zeros((3000, 1), np.float32)
+    woken = np.random.default_rng(2).uniform(0.0, 5.0, (1000, 1)).astype(np.float32)
+    result = train_probe(np.hstack([train_x, dead]), train_y, np.hstack([val_x, woken]), val_y, num_classes=5,
+                         epochs=30, lr=0.1, batch_size=256)
+    assert result.top1 >= 95.0, result.history[-3:]
+
+
 def test_standardiser_reads_a_memory_map_in_chunks(tmp_path):
     x = np.random.default_rng(0).normal(3.0, 2.0, size=(1000, 4)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
