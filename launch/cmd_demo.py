@@ -74,7 +74,7 @@ def _data_key(args: argparse.Namespace, cfg) -> dict:
     folder, holdout or seed, an earlier layout rule) are rebuilt, not reused.
 
     Raises:
-        ValueError: ``--data`` has a validation folder but no training folder.
+        ValueError: ``--data`` has a validation folder but no training folder, or no class folders.
     """
     from eigenmap.data import stored_side_for
     from eigenmap.data.sources import split_folders
@@ -84,6 +84,9 @@ def _data_key(args: argparse.Namespace, cfg) -> dict:
         return {"data": str(FASHION_MNIST), "longest_side": longest}
     train, val = split_folders(args.data)
     held_out = val is None  # one folder (or train/ alone) split by the holdout
+    if held_out and not any(p.is_dir() for p in (train or args.data).iterdir()):
+        raise ValueError(f"--data '{train or args.data}' has no class folders; accepted: a folder of class folders "
+                         "of images, or train/ with val/ (or valid/, validation/, test/), each holding class folders")
     return {"data": str(args.data.resolve()), "train": train and train.name, "val": val and val.name,
             "holdout": args.holdout if held_out else None, "seed": cfg.train.seed if held_out else None,
             "longest_side": longest}

@@ -83,6 +83,12 @@ def test_a_tree_with_a_validation_folder_but_no_training_folder_is_refused_namin
         _prepare(tmp_path, tmp_path / "tree")
 
 
+def test_a_folder_of_images_without_class_folders_is_refused_naming_it(tmp_path):
+    _folder(tmp_path, {"flat": 3})
+    with pytest.raises(ValueError, match=r"--data '.*/flat' has no class folders; accepted: a folder of class"):
+        _prepare(tmp_path, tmp_path / "flat")
+
+
 def test_a_changed_holdout_or_source_rebuilds_the_data_files_instead_of_reusing_them(tmp_path):
     src = _folder(tmp_path / "data", {"a": 8, "b": 8})
     assert _prepare(tmp_path, src, holdout=0.5)[1]["num_images"] == 8
