@@ -103,6 +103,7 @@ def evaluate(loaded, train, val, args: argparse.Namespace, device: torch.device)
             "epochs": epochs, "lr": lr, "weight_decay": ev.probe_weight_decay, "batch_size": ev.probe_batch_size,
             "momentum": 0.9, "schedule": "cosine to 0", **probe.to_dict(), "seconds": probe_seconds},
         "knn": {"temperature": ev.knn_temperature, "ks": list(ks), "top1": knn,
+                "neighbours": {str(k): min(k, len(train.labels)) for k in ks},  # k capped at the training set
                 "seconds": time.perf_counter() - started},
     }
 
@@ -138,9 +139,14 @@ def _augmented_batches(loaded, beton: Path, batch_size: int, device: torch.devic
 
 
 def _print(f: dict, out: Path) -> None:
+    from launch.report import knn_capped_note
+
     p = f["linear_probe"]
     print(f"linear probe ({p['protocol']}, {p['epochs']} epochs): top-1 {p['top1']:.2f}  top-5 {p['top5']:.2f}  "
           f"(best epoch {p['best_epoch']}: top-1 {p['best_top1']:.2f}, for reference)")
     for name, accs in f["knn"]["top1"].items():
         print(f"kNN on {name}: " + "  ".join(f"k={k} top-1 {v:.2f}" for k, v in accs.items()))
+    if capped := knn_capped_note(f["knn"], f["train"]["num_images"]):
+        print(capped)
     print(f"written to {out}")
+

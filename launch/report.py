@@ -26,7 +26,7 @@ from eigenmap.config import load_config
 from eigenmap.eval.spectrum import eigenvalue_order
 from eigenmap.run_dir import load_run, read_status
 
-__all__ = ["write_run_report"]
+__all__ = ["write_run_report", "knn_capped_note"]
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -162,7 +162,18 @@ def _evaluation_section(run_dir: Path) -> list[str]:
              "|---|" + "---:|" * len(knn["ks"])]
     for name, accs in knn["top1"].items():
         lines.append(f"| {name} | " + " | ".join(f"{accs[str(k)]:.2f}" for k in knn["ks"]) + " |")
-    return lines + [""]
+    capped = knn_capped_note(knn, probe["train"]["num_images"])
+    return lines + ["", capped, ""] if capped else lines + [""]
+
+
+def knn_capped_note(knn: dict, n_train: int) -> str:
+    """A sentence naming each kNN k above the training set's size (all its images then vote), or ''."""
+    over = [k for k in knn["ks"] if k > n_train]
+    if not over:
+        return ""
+    ks = ", ".join(f"k = {k}" for k in over)
+    verb = "exceeds" if len(over) == 1 else "exceed"
+    return f"{ks} {verb} the {n_train} training images: all {n_train} vote, weighted by similarity."
 
 
 def _retrieval_section(run_dir: Path, report: Path) -> list[str]:

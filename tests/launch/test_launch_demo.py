@@ -57,6 +57,9 @@ def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tm
     assert "top-1" in report and "| codes |" in report and "random-subset mAP@" in report and "PCA mAP@" in report
     assert "backend faiss-cpu on cpu" in report and "tensorboard --logdir" in report
     assert "Not run yet" not in report
+    # kNN's k = 200 is more than the training set holds: the report says all of it voted
+    assert f"k = 200 exceeds the {written[0]} training images: all {written[0]} vote" in report
+    assert "k = 20, k = 200 exceed" not in report  # 20 fits it
     assert summary["report"] == str(report_dir / "report.md")
     announced = [line for line in done.stdout.splitlines() if line.startswith("report: ")]
     assert len(announced) == 1, done.stdout  # the report is written twice, announced once
