@@ -49,20 +49,24 @@ def add_parser(subparsers) -> None:
 
 
 def _split_by_holdout(src: Path, dest: Path, fraction: float, seed: int) -> None:
-    """Symlink trees ``dest/train`` and ``dest/val``: a seeded ``fraction`` of every class's files
-    to val. Every file is linked, images or not: ``eigenmap prepare`` is the one judge of what is
-    an image, and it lists the files it skips in each ``.beton.json``."""
+    """Symlink trees ``dest/train`` and ``dest/val``: a seeded ``fraction`` of every class's image
+    files (by extension) to val. Every other file is linked into train: ``eigenmap prepare`` is the
+    one judge of what is an image, and it lists the files it skips in each ``.beton.json``; the
+    extension only keeps notes and annotations beside the images out of the held-out count."""
     import numpy as np
+    from PIL import Image
 
     if dest.exists():
         shutil.rmtree(dest)
+    image_suffixes = set(Image.registered_extensions())
     classes = sorted(p for p in src.iterdir() if p.is_dir())
     for label, cls in enumerate(classes):
         for split in ("train", "val"):  # a class with no file on one side keeps its label there
             (dest / split / cls.name).mkdir(parents=True)
         files = sorted(p for p in cls.rglob("*") if p.is_file())
+        images = [i for i, f in enumerate(files) if f.suffix.lower() in image_suffixes]
         rng = np.random.default_rng([seed, label])
-        held = set(rng.choice(len(files), size=round(fraction * len(files)), replace=False).tolist())
+        held = set(rng.choice(images, size=round(fraction * len(images)), replace=False).tolist())
         for i, f in enumerate(files):
             target = dest / ("val" if i in held else "train") / cls.name / f.relative_to(cls)
             target.parent.mkdir(parents=True, exist_ok=True)  # a class's subfolders
@@ -122,7 +126,7 @@ def _prepare_data(args: argparse.Namespace, eigenmap, cfg) -> tuple[Path, Path, 
         split = data_dir / "split"
         _split_by_holdout(src, split, args.holdout, seed)
         sources = [(split / s, "train", data_dir / f"{args.data.name}-{s}.beton") for s in ("train", "val")]
-        statement = (f"ImageFolder {src} split by a seeded holdout: {args.holdout:.0%} of every class's files "
+        statement = (f"ImageFolder {src} split by a seeded holdout: {args.holdout:.0%} of every class's image files "
                      f"(seed {seed}) validate and query, the rest train and are the database.")
     key_file, reuse = data_dir / DATA_KEY, _data_is_current(data_dir, key)
     for src, split_name, beton in sources:

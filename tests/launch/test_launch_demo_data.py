@@ -42,6 +42,18 @@ def test_the_holdout_is_the_same_for_the_same_seed_and_moves_with_it(tmp_path):
     assert len(held[0]) == 10 and held[0] == held[1] and held[0] != held[2]
 
 
+def test_the_holdout_counts_image_files_and_leaves_annotations_beside_them_in_train(tmp_path):
+    src = _folder(tmp_path / "src", {"a": 10, "b": 10})
+    for cls in ("a", "b"):
+        for i in range(10):
+            (src / cls / f"{i}.xml").write_text("<annotation/>")
+    _split_by_holdout(src, tmp_path / "split", 0.2, seed=0)
+    for cls in ("a", "b"):
+        val = sorted(p.suffix for p in (tmp_path / "split" / "val" / cls).iterdir())
+        train = sorted(p.suffix for p in (tmp_path / "split" / "train" / cls).iterdir())
+        assert val == [".png"] * 2 and train == [".png"] * 8 + [".xml"] * 10
+
+
 def test_a_small_training_set_lowers_the_demo_batch_to_fit_it():
     cfg = load_config(DEMO_CONFIG, [])  # 2 workers x 64
     assert _fitted_batch(81, cfg) == ["data.batch_size_per_worker=40"]
