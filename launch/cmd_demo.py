@@ -11,7 +11,7 @@
    1/2 ... of their length against random subsets and PCA, with queries/s).
 4. The report: ``RUN/report/report.md`` with its plots (``eigenmap report RUN`` rewrites it).
 
-Running it again reuses the data files (when made from the same folder, holdout and seed) and the
+Running it again reuses the data files (when made from the same files, holdout and seed) and the
 finished run (``--fresh`` starts the run over).
 """
 
@@ -73,9 +73,24 @@ def _split_by_holdout(src: Path, dest: Path, fraction: float, seed: int) -> None
             target.symlink_to(f.resolve())
 
 
+def _contents(root: Path) -> dict:
+    """The number, total size and newest modification time of the files under ``root`` (links
+    followed): a folder whose images were added, removed or replaced gives another answer."""
+    count = size = newest = 0
+    for dirpath, _, filenames in os.walk(root, followlinks=True):
+        for name in filenames:
+            try:
+                st = os.stat(os.path.join(dirpath, name))
+            except OSError:  # a dangling link: prepare lists it as unreadable
+                continue
+            count, size, newest = count + 1, size + st.st_size, max(newest, st.st_mtime_ns)
+    return {"files": count, "bytes": size, "newest_mtime_ns": newest}
+
+
 def _data_key(args: argparse.Namespace, cfg) -> dict:
     """What the demo's data files are made from. Files made from anything else (another
-    folder, holdout or seed, an earlier layout rule) are rebuilt, not reused.
+    folder or other files in it, another holdout or seed, an earlier layout rule) are rebuilt,
+    not reused.
 
     Raises:
         ValueError: ``--data`` has a validation folder but no training folder, or no class folders.
@@ -85,13 +100,14 @@ def _data_key(args: argparse.Namespace, cfg) -> dict:
 
     longest = stored_side_for(cfg.data.resolution)
     if args.data is None:
-        return {"data": str(FASHION_MNIST), "longest_side": longest}
+        return {"data": str(FASHION_MNIST), "contents": _contents(FASHION_MNIST), "longest_side": longest}
     train, val = split_folders(args.data)
     held_out = val is None  # one folder (or train/ alone) split by the holdout
     if held_out and not any(p.is_dir() for p in (train or args.data).iterdir()):
         raise ValueError(f"--data '{train or args.data}' has no class folders; accepted: a folder of class folders "
                          "of images, or train/ with val/ (or valid/, validation/, test/), each holding class folders")
-    return {"data": str(args.data.resolve()), "train": train and train.name, "val": val and val.name,
+    return {"data": str(args.data.resolve()), "contents": _contents(args.data),
+            "train": train and train.name, "val": val and val.name,
             "holdout": args.holdout if held_out else None, "seed": cfg.train.seed if held_out else None,
             "longest_side": longest}
 
@@ -198,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     if run_dir.exists() and not _data_is_current(args.out_dir / "data", key):
         # the data files are about to be rebuilt from other images: the run would be evaluated on them
         print(f"eigenmap demo: error: '{run_dir}' holds a run whose data files were not made from this call's "
-              f"--data, --holdout and seed (or predate {args.out_dir / 'data' / DATA_KEY}, their record); pass "
+              f"--data (as its files are now), --holdout and seed (or predate {args.out_dir / 'data' / DATA_KEY}, their record); pass "
               "--fresh to train it again on this data, or another --out-dir", file=sys.stderr)
         return 2
     train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap, cfg)

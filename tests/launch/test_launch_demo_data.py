@@ -106,6 +106,8 @@ def test_a_changed_holdout_or_source_rebuilds_the_data_files_instead_of_reusing_
     assert _prepare(tmp_path, src, holdout=0.5)[1]["num_images"] == 8
     assert _prepare(tmp_path, src, holdout=0.25)[1]["num_images"] == 4
     assert _prepare(tmp_path, src, holdout=0.25, overrides=["train.seed=1"])[1]["num_images"] == 4
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "a" / "new.png")  # an image added since
+    assert _prepare(tmp_path, src, holdout=0.25, overrides=["train.seed=1"])[0]["num_images"] == 13
     # another folder with the same name: its images, not the first one's
     other = _folder(tmp_path / "elsewhere" / "data", {"a": 4, "b": 4, "c": 4})
     train, _, _ = _prepare(tmp_path, other, holdout=0.25)
@@ -119,6 +121,6 @@ def test_a_run_trained_on_other_data_files_is_refused_before_the_files_are_rebui
     (tmp_path / "demo" / "run").mkdir()  # as a finished demo leaves it
     before = (tmp_path / "demo" / "data" / "data-val.beton").stat().st_mtime_ns
     assert eigenmap(["demo", "--data", str(src), "--holdout", "0.25", "--out-dir", str(tmp_path / "demo")]) == 2
-    refusal = "holds a run whose data files were not made from this call's --data, --holdout and seed"
+    refusal = "holds a run whose data files were not made from this call's --data (as its files are now), --holdout"
     assert refusal in capsys.readouterr().err
     assert (tmp_path / "demo" / "data" / "data-val.beton").stat().st_mtime_ns == before
