@@ -118,13 +118,14 @@ def _data_is_current(data_dir: Path, key: dict) -> bool:
     return key_file.is_file() and json.loads(key_file.read_text()) == key
 
 
-def _prepare_data(args: argparse.Namespace, eigenmap, cfg) -> tuple[Path, Path, str, dict]:
+def _prepare_data(args: argparse.Namespace, eigenmap, cfg, key: dict | None = None) -> tuple[Path, Path, str, dict]:
     """The train and validation .beton files, a sentence saying where they came from, with the
     image counts the files hold (not the files the folders hold: some may not be images), and the
-    training file's manifest. Files made earlier from the same data key are reused."""
+    training file's manifest. Files made earlier from the same data ``key`` (computed when not
+    given: :func:`_data_key`) are reused."""
     from eigenmap.data import read_manifest
 
-    data_dir, key = args.out_dir / "data", _data_key(args, cfg)
+    data_dir, key = args.out_dir / "data", key or _data_key(args, cfg)
     seed, longest = cfg.train.seed, key["longest_side"]
     if args.data is None:
         sources = [(FASHION_MNIST, "train", data_dir / "fashion-mnist-train.beton"),
@@ -214,10 +215,10 @@ def run(args: argparse.Namespace) -> int:
     if run_dir.exists() and not _data_is_current(args.out_dir / "data", key):
         # the data files are about to be rebuilt from other images: the run would be evaluated on them
         print(f"eigenmap demo: error: '{run_dir}' holds a run whose data files were not made from this call's "
-              f"--data (as its files are now), --holdout and seed (or predate {args.out_dir / 'data' / DATA_KEY}, their record); pass "
-              "--fresh to train it again on this data, or another --out-dir", file=sys.stderr)
+              f"--data (as its files are now), --holdout and seed (or predate {args.out_dir / 'data' / DATA_KEY}, "
+              "their record); pass --fresh to train it again on this data, or another --out-dir", file=sys.stderr)
         return 2
-    train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap, cfg)
+    train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap, cfg, key)
     seconds["prepare data"] = time.perf_counter() - started
 
     classes, n_train = len(manifest["classes"]), manifest["num_images"]

@@ -149,4 +149,3 @@ def _print(f: dict, out: Path) -> None:
     if capped := knn_capped_note(f["knn"], f["train"]["num_images"]):
         print(capped)
     print(f"written to {out}")
-
