@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from launch.arg_types import int_at_least
-from launch.eval_inputs import add_extraction_arguments, dataset_arrays, pick_device, same_classes
+from launch.eval_inputs import add_extraction_arguments, dataset_arrays, different_sets, pick_device, same_classes
 
 
 def add_parser(subparsers) -> None:
@@ -77,6 +77,8 @@ def evaluate(loaded, train, val, args: argparse.Namespace, device: torch.device)
     from eigenmap.eval.linear_probe import Standardiser, train_probe
 
     ev = loaded.config.eval
+    different_sets(train, val, ("--train", "--val"), "the probe and kNN would be scored on the images they were "
+                   "fitted to (kNN finds each image itself)")
     classes = same_classes(train, val, ("--train", "--val"))
     epochs, lr = args.epochs or ev.probe_epochs, args.lr or ev.probe_lr
     started = time.perf_counter()

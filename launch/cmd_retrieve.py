@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 from launch.arg_types import int_at_least
-from launch.eval_inputs import add_extraction_arguments, dataset_arrays, open_run, pick_device, same_classes
+from launch.eval_inputs import (add_extraction_arguments, dataset_arrays, different_sets, open_run, pick_device,
+                                same_classes)
 
 
 def add_parser(subparsers) -> None:
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         loaded = open_run(args.run, device)
         database = dataset_arrays(loaded, args.run, args.database, args, device)
         queries = dataset_arrays(loaded, args.run, args.queries, args, device)
+        different_sets(database, queries, ("--database", "--queries"),
+                       "every query would find itself first, which inflates mAP@R")
         same_classes(database, queries, ("--database", "--queries"))  # relevance compares labels
         results = retrieval.run_benchmark(
             getattr(database, array), database.labels, getattr(queries, array), queries.labels,

@@ -22,7 +22,8 @@ from launch.arg_types import int_at_least
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_extraction_arguments", "pick_device", "dataset_arrays", "is_feature_folder", "extract", "open_run"]
+__all__ = ["add_extraction_arguments", "pick_device", "dataset_arrays", "is_feature_folder", "extract", "open_run",
+           "different_sets", "same_classes"]
 
 
 def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,6 +76,21 @@ def dataset_arrays(run: Optional[LoadedRun], run_dir: Optional[Path], data: Path
             log.info("reusing the arrays of %s in %s (same weights, same file)", data.name, folder)
             return cached
     return extract(run, run_dir, data, folder, args, device)
+
+
+def different_sets(first: FeatureSet, second: FeatureSet, roles: tuple[str, str], consequence: str) -> None:
+    """Refuse two roles given the same images: one feature folder, or arrays of one dataset file
+    (its name, size and modification time; a copy that kept them holds the same images too).
+
+    Raises:
+        ValueError: naming the set and ``consequence``, what scoring a set against itself does.
+    """
+    a, b = (s.meta["dataset"] for s in (first, second))
+    same_file = all(a.get(key) == b.get(key) for key in ("bytes", "mtime")) and Path(a["path"]).name == Path(
+        b["path"]).name
+    if first.folder.resolve() == second.folder.resolve() or same_file:
+        raise ValueError(f"{roles[0]} and {roles[1]} are the same images ('{a['path']}'): {consequence}; accepted: "
+                         f"{roles[1]} held out from {roles[0]} (e.g. val/ against train/)")
 
 
 def same_classes(first: FeatureSet, second: FeatureSet, roles: tuple[str, str]) -> int:

@@ -113,6 +113,7 @@ def test_retrieval_and_probe_refuse_sets_whose_labels_index_different_classes(tr
     shutil.copytree(tmp_path / "val", other)
     meta = json.loads((other / "features.json").read_text())
     dropped = meta["dataset"]["classes"].pop(0)
+    meta["dataset"].update(path=str(tmp_path / "other.beton"), mtime=meta["dataset"]["mtime"] + 1)  # another file
     (other / "features.json").write_text(json.dumps(meta))
     for command in (["retrieve", "--database", str(tmp_path / "val"), "--queries", str(other), "--R", "10",
                      "--out", str(tmp_path / "report")],
@@ -121,6 +122,25 @@ def test_retrieval_and_probe_refuse_sets_whose_labels_index_different_classes(tr
         assert done.returncode == 2, (command, done.stderr[-2000:])
         assert "label different class lists (10 vs 9 classes; in one only: " + dropped in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_retrieval_and_probe_refuse_one_set_in_both_roles(trained_run, small_val_beton, tmp_path):
+    # scored against itself, each query finds itself first: mAP and kNN would be inflated, not measured
+    done = eigenmap("extract", str(trained_run), str(small_val_beton), "--out", str(tmp_path / "val"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    shutil.copytree(tmp_path / "val", tmp_path / "copy")  # the same images in another folder
+    for command, consequence in (
+            (["retrieve", "--database", str(tmp_path / "val"), "--queries", str(tmp_path / "val"), "--R", "10",
+              "--out", str(tmp_path / "report")], "every query would find itself first"),
+            (["retrieve", "--database", str(tmp_path / "val"), "--queries", str(tmp_path / "copy"), "--R", "10",
+              "--out", str(tmp_path / "report")], "every query would find itself first"),
+            (["probe", str(trained_run), "--train", str(tmp_path / "val"), "--val", str(tmp_path / "copy")],
+             "scored on the images they were fitted to")):
+        done = eigenmap(*command)
+        assert done.returncode == 2, (command, done.stderr[-2000:])
+        assert "are the same images" in done.stderr and consequence in done.stderr, done.stderr
+        assert "accepted: " in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "report").exists()
 
 
