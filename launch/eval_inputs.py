@@ -86,8 +86,8 @@ def different_sets(first: FeatureSet, second: FeatureSet, roles: tuple[str, str]
         ValueError: naming the set and ``consequence``, what scoring a set against itself does.
     """
     a, b = (s.meta["dataset"] for s in (first, second))
-    same_file = all(a.get(key) == b.get(key) for key in ("bytes", "mtime")) and Path(a["path"]).name == Path(
-        b["path"]).name
+    same_file = (Path(a["path"]).name == Path(b["path"]).name
+                 and all(a.get(key) == b.get(key) for key in ("bytes", "mtime")))
     if first.folder.resolve() == second.folder.resolve() or same_file:
         raise ValueError(f"{roles[0]} and {roles[1]} are the same images ('{a['path']}'): {consequence}; accepted: "
                          f"{roles[1]} held out from {roles[0]} (e.g. val/ against train/)")
