@@ -112,10 +112,41 @@ def _data_key(args: argparse.Namespace, cfg) -> dict:
             "longest_side": longest}
 
 
-def _data_is_current(data_dir: Path, key: dict) -> bool:
+def _betons(args: argparse.Namespace, data_dir: Path) -> tuple[Path, Path]:
+    """The training and validation .beton files of the demo's data."""
+    if args.data is None:
+        return data_dir / "fashion-mnist-train.beton", data_dir / "fashion-mnist-test.beton"
+    return data_dir / f"{args.data.name}-train.beton", data_dir / f"{args.data.name}-val.beton"
+
+
+def _data_is_current(args: argparse.Namespace, data_dir: Path, key: dict) -> bool:
     """Whether the data files in ``data_dir`` were made from ``key`` (:func:`_data_key`)."""
     key_file = data_dir / DATA_KEY
-    return key_file.is_file() and json.loads(key_file.read_text()) == key
+    if key_file.is_file():
+        return json.loads(key_file.read_text()) == key
+    return _made_before_keys_were_kept(args, data_dir, key)
+
+
+def _made_before_keys_were_kept(args: argparse.Namespace, data_dir: Path, key: dict) -> bool:
+    """Whether files an earlier version wrote without a key match ``key`` as far as their
+    manifests tell: the source folder, the stored size, and no source file newer than the file.
+    A seeded holdout is not in a manifest, so files split by one are never taken as current."""
+    from eigenmap.data import manifest_path, read_manifest
+
+    if args.data is None:
+        sources = (FASHION_MNIST, FASHION_MNIST)
+    elif key["val"] is not None:
+        sources = (args.data / key["train"], args.data / key["val"])
+    else:
+        return False
+    for src, beton in zip(sources, _betons(args, data_dir)):
+        if not (beton.is_file() and manifest_path(beton).is_file()):
+            return False
+        made = read_manifest(beton)
+        if (Path(made["source"]).resolve() != src.resolve() or made.get("max_resolution") != key["longest_side"]
+                or key["contents"]["newest_mtime_ns"] > beton.stat().st_mtime_ns):
+            return False
+    return True
 
 
 def _prepare_data(args: argparse.Namespace, eigenmap, cfg, key: dict | None = None) -> tuple[Path, Path, str, dict]:
@@ -127,25 +158,24 @@ def _prepare_data(args: argparse.Namespace, eigenmap, cfg, key: dict | None = No
 
     data_dir, key = args.out_dir / "data", key or _data_key(args, cfg)
     seed, longest = cfg.train.seed, key["longest_side"]
+    train_beton, val_beton = _betons(args, data_dir)
     if args.data is None:
-        sources = [(FASHION_MNIST, "train", data_dir / "fashion-mnist-train.beton"),
-                   (FASHION_MNIST, "t10k", data_dir / "fashion-mnist-test.beton")]
+        sources = [(FASHION_MNIST, "train", train_beton), (FASHION_MNIST, "t10k", val_beton)]
         statement = (f"Fashion-MNIST from {FASHION_MNIST} (Debian's dataset-fashion-mnist): its train set trains and "
                      "is the retrieval database; its test set is the probe's validation set and the retrieval queries.")
     elif key["val"] is not None:
         train, val = args.data / key["train"], args.data / key["val"]
-        sources = [(train, "train", data_dir / f"{args.data.name}-train.beton"),
-                   (val, "train", data_dir / f"{args.data.name}-val.beton")]
+        sources = [(train, "train", train_beton), (val, "train", val_beton)]
         statement = (f"ImageFolder {args.data}: {train.name}/ trains and is the database; {val.name}/ validates and "
                      "queries.")
     else:
         src = args.data / key["train"] if key["train"] else args.data
         split = data_dir / "split"
         _split_by_holdout(src, split, args.holdout, seed)
-        sources = [(split / s, "train", data_dir / f"{args.data.name}-{s}.beton") for s in ("train", "val")]
+        sources = [(split / "train", "train", train_beton), (split / "val", "train", val_beton)]
         statement = (f"ImageFolder {src} split by a seeded holdout: {args.holdout:.0%} of every class's image files "
                      f"(seed {seed}) validate and query, the rest train and are the database.")
-    key_file, reuse = data_dir / DATA_KEY, _data_is_current(data_dir, key)
+    key_file, reuse = data_dir / DATA_KEY, _data_is_current(args, data_dir, key)
     for src, split_name, beton in sources:
         if not (reuse and beton.is_file()):
             key_file.unlink(missing_ok=True)  # until every file is rebuilt from this key
@@ -212,11 +242,12 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.out_dir / "run"
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    if run_dir.exists() and not _data_is_current(args.out_dir / "data", key):
+    if run_dir.exists() and not _data_is_current(args, args.out_dir / "data", key):
         # the data files are about to be rebuilt from other images: the run would be evaluated on them
         print(f"eigenmap demo: error: '{run_dir}' holds a run whose data files were not made from this call's "
-              f"--data (as its files are now), --holdout and seed (or predate {args.out_dir / 'data' / DATA_KEY}, "
-              "their record); pass --fresh to train it again on this data, or another --out-dir", file=sys.stderr)
+              "--data (as its files are now), --holdout and seed, or were split by a holdout before "
+              f"{args.out_dir / 'data' / DATA_KEY} recorded it; pass --fresh to train it again on this data, or "
+              "another --out-dir", file=sys.stderr)
         return 2
     train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap, cfg, key)
     seconds["prepare data"] = time.perf_counter() - started
