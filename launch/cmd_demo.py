@@ -149,14 +149,16 @@ def _made_before_keys_were_kept(args: argparse.Namespace, data_dir: Path, key: d
     return True
 
 
-def _prepare_data(args: argparse.Namespace, eigenmap, cfg, key: dict | None = None) -> tuple[Path, Path, str, dict]:
+def _prepare_data(args: argparse.Namespace, eigenmap, cfg, key: dict | None = None,
+                  current: bool | None = None) -> tuple[Path, Path, str, dict]:
     """The train and validation .beton files, a sentence saying where they came from, with the
     image counts the files hold (not the files the folders hold: some may not be images), and the
-    training file's manifest. Files made earlier from the same data ``key`` (computed when not
-    given: :func:`_data_key`) are reused."""
+    training file's manifest. Files made earlier from the same data ``key`` are reused (``key``
+    and ``current``, whether the files match it, are worked out when not given)."""
     from eigenmap.data import read_manifest
 
     data_dir, key = args.out_dir / "data", key or _data_key(args, cfg)
+    reuse = _data_is_current(args, data_dir, key) if current is None else current
     seed, longest = cfg.train.seed, key["longest_side"]
     train_beton, val_beton = _betons(args, data_dir)
     if args.data is None:
@@ -175,7 +177,7 @@ def _prepare_data(args: argparse.Namespace, eigenmap, cfg, key: dict | None = No
         sources = [(split / "train", "train", train_beton), (split / "val", "train", val_beton)]
         statement = (f"ImageFolder {src} split by a seeded holdout: {args.holdout:.0%} of every class's image files "
                      f"(seed {seed}) validate and query, the rest train and are the database.")
-    key_file, reuse = data_dir / DATA_KEY, _data_is_current(args, data_dir, key)
+    key_file = data_dir / DATA_KEY
     for src, split_name, beton in sources:
         if not (reuse and beton.is_file()):
             key_file.unlink(missing_ok=True)  # until every file is rebuilt from this key
@@ -242,14 +244,15 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.out_dir / "run"
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    if run_dir.exists() and not _data_is_current(args, args.out_dir / "data", key):
+    current = _data_is_current(args, args.out_dir / "data", key)
+    if run_dir.exists() and not current:
         # the data files are about to be rebuilt from other images: the run would be evaluated on them
         print(f"eigenmap demo: error: '{run_dir}' holds a run whose data files were not made from this call's "
               "--data (as its files are now), --holdout and seed, or were split by a holdout before "
               f"{args.out_dir / 'data' / DATA_KEY} recorded it; pass --fresh to train it again on this data, or "
               "another --out-dir", file=sys.stderr)
         return 2
-    train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap, cfg, key)
+    train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap, cfg, key, current)
     seconds["prepare data"] = time.perf_counter() - started
 
     classes, n_train = len(manifest["classes"]), manifest["num_images"]

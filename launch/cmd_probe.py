@@ -105,7 +105,6 @@ def evaluate(loaded, train, val, args: argparse.Namespace, device: torch.device)
             "epochs": epochs, "lr": lr, "weight_decay": ev.probe_weight_decay, "batch_size": ev.probe_batch_size,
             "momentum": 0.9, "schedule": "cosine to 0", **probe.to_dict(), "seconds": probe_seconds},
         "knn": {"temperature": ev.knn_temperature, "ks": list(ks), "top1": knn,
-                "neighbours": {str(k): min(k, len(train.labels)) for k in ks},  # k capped at the training set
                 "seconds": time.perf_counter() - started},
     }
 
