@@ -58,12 +58,15 @@ class WriterError(ValueError):
 
 @contextlib.contextmanager
 def _ctrl_c_held():
-    """Hold Ctrl-C while worker processes are forked, then act on it.
+    """Hold Ctrl-C while worker processes are forked or work is queued, then act on it.
 
     Python drops a KeyboardInterrupt that is raised inside a fork handler (the logging module
     registers one), so a Ctrl-C landing on a fork would be lost and the write would carry on.
-    Here SIGINT is only recorded while forking and raised afterwards. The forked workers keep
-    the recording handler: on Ctrl-C in a terminal they leave the clean-up to this process.
+    And one raised inside ``Queue.put`` just after it takes the queue's lock leaves that lock
+    held: the queue's feeder thread and its exit-time finaliser then wait for it forever, and
+    the interrupted command never exits. Here SIGINT is only recorded and raised afterwards.
+    The forked workers keep the recording handler: on Ctrl-C in a terminal they leave the
+    clean-up to this process.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be changed from the main thread
@@ -221,13 +224,15 @@ def _make_writer(path: str, fields: dict, page_size: int, workers: int):
                 nonlocal submitted, stopped
                 while submitted < num_samples and submitted - done_number.value < in_flight:
                     chunk = next(todo)
-                    workqueue.put(chunk)
+                    with _ctrl_c_held():  # see below
+                        workqueue.put(chunk)
                     submitted += len(chunk)
                 if submitted >= num_samples and not stopped:
                     # the stop tokens go out with the last chunk: the workers may finish before
                     # this loop looks again, and must not wait for tokens that never come
-                    for _ in range(self.num_workers):
-                        workqueue.put(None)
+                    with _ctrl_c_held():
+                        for _ in range(self.num_workers):
+                            workqueue.put(None)
                     stopped = True
 
             try:

@@ -214,6 +214,34 @@ def test_interrupted_write_leaves_no_output(tmp_path):
     assert b"interrupted" in err
 
 
+def test_ctrl_c_during_a_work_queue_put_waits_for_the_put_so_its_lock_is_not_left_held(imagenette_subset, tmp_path,
+                                                                                      monkeypatch):
+    # a KeyboardInterrupt raised inside Queue.put just after it takes the queue's lock left that
+    # lock held, and the interrupted `eigenmap prepare` hung at exit (seen in the suite once)
+    import multiprocessing
+    import os
+    from multiprocessing.queues import Queue as QueueClass
+
+    import eigenmap.data.writer as writer
+
+    parent, completed = os.getpid(), []
+
+    class CtrlCInPut(QueueClass):
+        def put(self, obj, *args, **kwargs):
+            if os.getpid() == parent and not completed:
+                os.kill(parent, signal.SIGINT)  # Ctrl-C lands while this put runs
+                super().put(obj, *args, **kwargs)
+                completed.append(obj)
+            else:
+                super().put(obj, *args, **kwargs)
+
+    monkeypatch.setattr(writer, "Queue", lambda: CtrlCInPut(ctx=multiprocessing.get_context()))
+    with pytest.raises(KeyboardInterrupt):
+        write_beton(imagenette_subset, tmp_path / "out.beton", workers=1)
+    assert completed, "the interrupt cut the put short"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_writer_process_that_dies_fails_the_write_instead_of_hanging(tmp_path):
     import os
 
