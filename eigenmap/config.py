@@ -83,6 +83,10 @@ class LossConfig:
         None, "NeuralEF: when set, the reg weight moves linearly from loss.alpha at the first step to this at "
               "the last (the planned run's)", ge=0.0
     )
+    alpha_ramp_start: float = _f(
+        0.0, "NeuralEF with loss.alpha_final: the fraction of the planned run at which the ramp from loss.alpha "
+             "begins (0: the first step)", ge=0.0, lt=1.0
+    )
     t: float = _f(10.0, "L2-BatchNorm scale: columns are normalised to sum of squares 2t", gt=0.0)
     stop_grad: bool = _f(
         True, "NeuralEF stop-grad variant (orders the eigenfunctions); false = better probe"
@@ -373,6 +377,9 @@ def _check_cross_field(cfg: Config) -> None:
     if cfg.loss.alpha_final is not None and cfg.loss.name != "neuralef":
         raise ConfigError(f"config key 'loss.alpha_final' ({cfg.loss.alpha_final}) applies to loss.name=neuralef only, "
                           f"not {cfg.loss.name!r}; leave it unset (null)")
+    if cfg.loss.alpha_ramp_start and cfg.loss.alpha_final is None:
+        raise ConfigError(f"config key 'loss.alpha_ramp_start' ({cfg.loss.alpha_ramp_start}) times a ramp, and "
+                          "'loss.alpha_final' is unset; set loss.alpha_final, or leave the start at 0")
     if any(k < 1 for k in cfg.eval.knn_ks):
         raise ConfigError(f"config key 'eval.knn_ks': {list(cfg.eval.knn_ks)} has a count below 1; accepted: counts >= 1")
     d = cfg.data

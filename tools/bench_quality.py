@@ -61,8 +61,9 @@ RECIPE = [
 # 0.01 at the first step (the representation), 0.13 at the last (the order). Ramps to 0.13 and 0.14
 # both gave prefixes beating PCA at every length <= 1/8 with the eigenvalue order <= -0.8, 0.13 with
 # the smaller gap to full length; a ramp to 0.1 lost to PCA at 32 dimensions, one to 0.15 missed
-# the order, one to 0.2 lost the representation (probe 40.5). The variant without stop-grad has no
-# order to gain; 0.005 gave it a better probe than 0.01 (56.4 against 53.7).
+# the order, one to 0.2 lost the representation (probe 40.5); one held at 0.01 until 60% of the
+# run (loss.alpha_ramp_start) and then rising to 0.3 lost to PCA at every length. The variant
+# without stop-grad has no order to gain; 0.005 gave it a better probe than 0.01 (56.4 against 53.7).
 METHODS = {
     "neuralef_stopgrad": ["loss.name=neuralef", "loss.stop_grad=true", "loss.alpha=0.01", "loss.alpha_final=0.13"],
     "neuralef": ["loss.name=neuralef", "loss.stop_grad=false", "loss.alpha=0.005"],

@@ -2,8 +2,9 @@
 
 Learning rate: linear warm-up from 0 to the peak, then a half cosine from the peak down to
 ``final_lr_ratio * peak`` at the last step (DINO's ``cosine_scheduler``, evaluated per step).
-NeuralEF's reg weight (``loss.alpha_final``): a straight line from ``loss.alpha`` at the first
-step to ``loss.alpha_final`` at the last.
+NeuralEF's reg weight (``loss.alpha_final``): ``loss.alpha`` up to the step at fraction
+``loss.alpha_ramp_start`` of the run (0: the first), then a straight line to ``loss.alpha_final``
+at the last step.
 """
 
 from __future__ import annotations
@@ -34,14 +35,19 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int, final_ratio: fl
     return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def alpha_at(step: int, *, total_steps: int, start: float, final: float) -> float:
-    """NeuralEF's reg weight at ``step`` of a linear ramp: ``start`` at step 0, ``final`` at the
-    last step (``total_steps - 1``) and after it.
+def alpha_at(step: int, *, total_steps: int, start: float, final: float, ramp_start: float = 0.0) -> float:
+    """NeuralEF's reg weight at ``step``: ``start`` until step ``ramp_start * (total_steps - 1)``,
+    then a straight line to ``final`` at the last step (``total_steps - 1``) and after it.
 
     The intent: a small weight early for the representation (the linear probe), a large one late
-    for orthogonal, hence ordered, outputs (the prefixes retrieval cuts); the README's alpha sweep
-    has what each ramp measured.
+    for orthogonal, hence ordered, outputs (the prefixes retrieval cuts); a late ``ramp_start``
+    keeps the small weight while the learning rate is high. The README's alpha sweep has what
+    each ramp measured.
     """
     if total_steps < 1:
         raise ValueError(f"need total_steps >= 1, got {total_steps}")
-    return start + (final - start) * min(step / max(total_steps - 1, 1), 1.0)
+    if not 0.0 <= ramp_start < 1.0:
+        raise ValueError(f"need 0 <= ramp_start < 1, got {ramp_start}")
+    last = max(total_steps - 1, 1)
+    begin = ramp_start * last
+    return start + (final - start) * min(max(step - begin, 0.0) / (last - begin), 1.0)

@@ -82,12 +82,14 @@ class StepPlan:
     total_steps: int  # planned_steps, or train.max_steps when that is sooner
     warmup_steps: int
     final_lr_ratio: float
-    alpha_ramp: Optional[tuple[float, float]] = None  # NeuralEF's (loss.alpha, loss.alpha_final) when ramped
+    # NeuralEF's (loss.alpha, loss.alpha_final, loss.alpha_ramp_start) when ramped
+    alpha_ramp: Optional[tuple[float, float, float]] = None
 
     @classmethod
     def of(cls, cfg: Config, steps_per_epoch: int) -> "StepPlan":
         planned = cfg.train.epochs * steps_per_epoch
-        ramp = (cfg.loss.alpha, cfg.loss.alpha_final) if cfg.loss.alpha_final is not None else None
+        ramp = ((cfg.loss.alpha, cfg.loss.alpha_final, cfg.loss.alpha_ramp_start)
+                if cfg.loss.alpha_final is not None else None)
         return cls(steps_per_epoch, planned, min(planned, cfg.train.max_steps or planned),
                    min(round(cfg.optim.warmup_epochs * steps_per_epoch), planned), cfg.optim.final_lr_ratio, ramp)
 
@@ -97,8 +99,8 @@ class StepPlan:
 
     def alpha(self, step: int) -> float:
         """NeuralEF's reg weight at ``step`` (only with ``alpha_ramp``); like the lr, it spans the planned run."""
-        start, final = self.alpha_ramp
-        return alpha_at(step, total_steps=self.planned_steps, start=start, final=final)
+        start, final, ramp_start = self.alpha_ramp
+        return alpha_at(step, total_steps=self.planned_steps, start=start, final=final, ramp_start=ramp_start)
 
 
 @dataclass

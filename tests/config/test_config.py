@@ -49,6 +49,14 @@ def test_an_alpha_ramp_on_a_loss_other_than_neuralef_fails_naming_the_key():
     assert from_dict({"loss": {"alpha_final": 0.1}}).loss.alpha_final == 0.1
 
 
+def test_a_ramp_start_without_a_final_alpha_fails_naming_both_keys():
+    with pytest.raises(ConfigError, match=r"'loss\.alpha_ramp_start' \(0\.5\).*'loss\.alpha_final' is unset"):
+        from_dict({"loss": {"alpha_ramp_start": 0.5}})
+    with pytest.raises(ConfigError, match=r"loss\.alpha_ramp_start"):
+        from_dict({"loss": {"alpha_final": 0.1, "alpha_ramp_start": 1.0}})
+    assert from_dict({"loss": {"alpha_final": 0.1, "alpha_ramp_start": 0.5}}).loss.alpha_ramp_start == 0.5
+
+
 def test_nan_is_rejected():
     with pytest.raises(ConfigError, match=r"'loss\.alpha'.*finite"):
         from_dict({"loss": {"alpha": float("nan")}})

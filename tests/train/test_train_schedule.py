@@ -48,3 +48,23 @@ def test_alpha_ramp_is_linear_from_start_at_step_0_to_final_at_the_last_step():
     assert alpha_at(0, total_steps=1, start=0.01, final=0.11) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="total_steps"):
         alpha_at(0, total_steps=0, start=0.01, final=0.11)
+
+
+def test_a_late_ramp_start_holds_alpha_until_that_fraction_of_the_run_then_ramps_to_final_at_the_last_step():
+    alphas = [alpha_at(s, total_steps=11, start=0.01, final=0.21, ramp_start=0.6) for s in range(11)]
+    assert alphas == pytest.approx([0.01] * 7 + [0.06, 0.11, 0.16, 0.21])
+    assert alpha_at(50, total_steps=11, start=0.01, final=0.21, ramp_start=0.6) == pytest.approx(0.21)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="ramp_start"):
+            alpha_at(0, total_steps=11, start=0.01, final=0.21, ramp_start=bad)
+
+
+def test_the_worker_step_plan_takes_the_ramp_and_its_start_from_the_config():
+    from eigenmap.config import from_dict
+    from eigenmap.train.worker import StepPlan
+
+    cfg = from_dict({"train": {"epochs": 2}, "loss": {"alpha": 0.01, "alpha_final": 0.21, "alpha_ramp_start": 0.5}})
+    plan = StepPlan.of(cfg, steps_per_epoch=6)  # 12 planned steps: the ramp starts at step 5.5
+    assert [plan.alpha(s) for s in (0, 5, 11, 20)] == pytest.approx([0.01, 0.01, 0.21, 0.21])
+    assert plan.alpha(8) == pytest.approx(0.01 + 0.2 * 2.5 / 5.5)
+    assert StepPlan.of(from_dict({}), steps_per_epoch=6).alpha_ramp is None
