@@ -80,8 +80,8 @@ class LossConfig:
         0.0025, "NeuralEF reg weight: 0.0025 for k=8192, 0.005 for k=4096, 0.01 for k=2048", ge=0.0
     )
     alpha_final: Optional[float] = _f(
-        None, "NeuralEF: when set, the reg weight moves linearly from loss.alpha at the first step to this at "
-              "the last (the planned run's)", ge=0.0
+        None, "NeuralEF: when set, the reg weight moves linearly from loss.alpha at the first step (or at "
+              "loss.alpha_ramp_start) to this at the last (the planned run's)", ge=0.0
     )
     alpha_ramp_start: float = _f(
         0.0, "NeuralEF with loss.alpha_final: the fraction of the planned run at which the ramp from loss.alpha "
@@ -378,8 +378,8 @@ def _check_cross_field(cfg: Config) -> None:
         raise ConfigError(f"config key 'loss.alpha_final' ({cfg.loss.alpha_final}) applies to loss.name=neuralef only, "
                           f"not {cfg.loss.name!r}; leave it unset (null)")
     if cfg.loss.alpha_ramp_start and cfg.loss.alpha_final is None:
-        raise ConfigError(f"config key 'loss.alpha_ramp_start' ({cfg.loss.alpha_ramp_start}) times a ramp, and "
-                          "'loss.alpha_final' is unset; set loss.alpha_final, or leave the start at 0")
+        raise ConfigError(f"config key 'loss.alpha_ramp_start' ({cfg.loss.alpha_ramp_start}) starts a ramp, but "
+                          "'loss.alpha_final' is unset; set loss.alpha_final, or leave loss.alpha_ramp_start at 0")
     if any(k < 1 for k in cfg.eval.knn_ks):
         raise ConfigError(f"config key 'eval.knn_ks': {list(cfg.eval.knn_ks)} has a count below 1; accepted: counts >= 1")
     d = cfg.data
