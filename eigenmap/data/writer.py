@@ -220,19 +220,18 @@ def _make_writer(path: str, fields: dict, page_size: int, workers: int):
             in_flight = 4 * self.num_workers * _CHUNK  # enough queued work to keep every worker busy
             done_number = Value(ctypes.c_uint64, 0)
 
+            @_ctrl_c_held()  # a Ctrl-C inside workqueue.put would leave the queue's lock held
             def top_up() -> None:
                 nonlocal submitted, stopped
                 while submitted < num_samples and submitted - done_number.value < in_flight:
                     chunk = next(todo)
-                    with _ctrl_c_held():  # see below
-                        workqueue.put(chunk)
+                    workqueue.put(chunk)
                     submitted += len(chunk)
                 if submitted >= num_samples and not stopped:
                     # the stop tokens go out with the last chunk: the workers may finish before
                     # this loop looks again, and must not wait for tokens that never come
-                    with _ctrl_c_held():
-                        for _ in range(self.num_workers):
-                            workqueue.put(None)
+                    for _ in range(self.num_workers):
+                        workqueue.put(None)
                     stopped = True
 
             try:
