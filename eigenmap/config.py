@@ -21,6 +21,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from eigenmap.durable import atomic_write_text
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -453,9 +455,6 @@ def resolve(cfg: Config) -> Config:
 
 
 def save_config(cfg: Config, path: Union[str, Path]) -> None:
-    """Write the config as YAML (atomically: a temporary file, then a rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(p)
+    """Write the config as YAML, atomically and durably (:func:`eigenmap.durable.atomic_write_text`)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, to_yaml(cfg))

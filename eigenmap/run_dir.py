@@ -10,7 +10,6 @@ writes ``model.pt`` and ``encoder.pt`` from one, and ``load_run(run, step=N)`` l
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
@@ -18,13 +17,11 @@ import torch
 
 from eigenmap.config import Config, from_dict, load_config, to_dict
 from eigenmap.models import EigenmapModel, build_model
+from eigenmap.run_layout import RunDir
 from eigenmap.train.checkpoint import export_weights
 from eigenmap.train.checkpoint_files import ENGINE_TAG, checkpoint_step, find_latest, read_meta, verify_checkpoint
 
-__all__ = ["RunDirError", "LoadedRun", "load_run", "export_checkpoint", "MODEL_FILE", "ENCODER_FILE", "CONFIG_FILE",
-           "STATUS_FILE"]
-
-CONFIG_FILE, MODEL_FILE, ENCODER_FILE, STATUS_FILE = "config.yaml", "model.pt", "encoder.pt", "status.json"
+__all__ = ["RunDirError", "LoadedRun", "load_run", "read_status", "export_checkpoint"]
 
 
 class RunDirError(ValueError):
@@ -44,11 +41,7 @@ class LoadedRun(NamedTuple):
 
 def read_status(run_dir: Union[str, Path]) -> Optional[dict]:
     """``status.json`` of a run (how it ended), or None while it has none."""
-    path = Path(run_dir) / STATUS_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return RunDir(run_dir).read_status()
 
 
 def load_run(run_dir: Union[str, Path], *, device: Union[str, torch.device] = "cpu",
@@ -73,16 +66,15 @@ def load_run(run_dir: Union[str, Path], *, device: Union[str, torch.device] = "c
         ckpt = _find_checkpoint(run_dir, step)
         cfg, model = _checkpoint_model(run_dir, ckpt)
         return LoadedRun(cfg, model.to(device).eval(), step, ckpt)
-    config_path = run_dir / CONFIG_FILE
-    weights = run_dir / MODEL_FILE
+    weights = RunDir(run_dir).model
     status = read_status(run_dir)
     if not weights.is_file():
         how = (f"status.json says {status.get('status')!r} at step {status.get('step')}" if status
                else "it has no status.json: still running, or stopped before its end")
-        raise RunDirError(f"run '{run_dir}' has no trained weights ({MODEL_FILE} is missing; {how}). "
+        raise RunDirError(f"run '{run_dir}' has no trained weights ({weights.name} is missing; {how}). "
                           f"Finish the run (`eigenmap train` on the same run directory resumes it) or write "
                           f"weights from a kept checkpoint with `eigenmap export {run_dir}`")
-    cfg = load_config(config_path)
+    cfg = load_config(RunDir(run_dir).config)
     model = build_model(cfg)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     step = status.get("step") if status else None
@@ -93,15 +85,15 @@ def _run_dir(run_dir: Union[str, Path]) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory '{run_dir}' does not exist (pass the train.run_dir of a run)")
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise RunDirError(f"'{run_dir}' is not a run directory: it has no {CONFIG_FILE} "
+    if not RunDir(run_dir).config.is_file():
+        raise RunDirError(f"'{run_dir}' is not a run directory: it has no {RunDir(run_dir).config.name} "
                           "(pass the train.run_dir that `eigenmap train` wrote)")
     return run_dir
 
 
 def _find_checkpoint(run_dir: Path, step: Optional[int]) -> Path:
     """The kept checkpoint of ``step`` (default: the newest good one), verified with checksums."""
-    root = run_dir / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     kept = sorted(n for p in root.glob("step_*") if (n := checkpoint_step(p)) is not None) if root.is_dir() else []
     if step is None:
         found = find_latest(root, checksums=True)
@@ -122,7 +114,7 @@ def _checkpoint_model(run_dir: Path, ckpt: Path) -> tuple[Config, EigenmapModel]
     meta = read_meta(ckpt)
     # the run's config with the model and loss the checkpoint was written under (a later start
     # may have changed them with --allow-config-change)
-    cfg = load_config(run_dir / CONFIG_FILE)
+    cfg = load_config(RunDir(run_dir).config)
     saved = meta.get("config")
     if isinstance(saved, dict):
         cfg = from_dict({**to_dict(cfg), "model": saved["model"], "loss": saved["loss"]})
@@ -156,10 +148,10 @@ def export_checkpoint(run_dir: Union[str, Path], *, step: Optional[int] = None, 
     run_dir = _run_dir(run_dir)
     ckpt = _find_checkpoint(run_dir, step)
     out = Path(out) if out is not None else run_dir
-    if (out / MODEL_FILE).exists() and not overwrite:
+    if RunDir(out).model.exists() and not overwrite:
         status = read_status(run_dir) if out == run_dir else None
         what = f" (the run's own: status {status.get('status')!r} at step {status.get('step')})" if status else ""
-        raise RunDirError(f"'{out / MODEL_FILE}' exists{what}; write elsewhere or overwrite it "
+        raise RunDirError(f"'{RunDir(out).model}' exists{what}; write elsewhere or overwrite it "
                           "(`eigenmap export`: --out DIR or --overwrite)")
     _, model = _checkpoint_model(run_dir, ckpt)
     out.mkdir(parents=True, exist_ok=True)

@@ -220,6 +220,7 @@ def _device_overrides() -> tuple[list[str], str]:
 
 def run(args: argparse.Namespace) -> int:
     from eigenmap.config import load_config
+    from eigenmap.run_layout import RunDir
     from launch.cli import main as eigenmap
 
     if args.data is None and not FASHION_MNIST.is_dir():
@@ -283,12 +284,12 @@ def run(args: argparse.Namespace) -> int:
             return rc
     demo = {"data_statement": statement, "train": str(train_beton), "val": str(val_beton), "device": device,
             "stage_seconds": seconds}
-    (run_dir / "demo.json").write_text(json.dumps(demo, indent=1) + "\n")
+    RunDir(run_dir).demo.write_text(json.dumps(demo, indent=1) + "\n")
     t0 = time.perf_counter()
     rc = eigenmap(["report", str(run_dir)])
     seconds["report"] = time.perf_counter() - t0
     demo["stage_seconds"] = seconds
-    (run_dir / "demo.json").write_text(json.dumps(demo, indent=1) + "\n")
+    RunDir(run_dir).demo.write_text(json.dumps(demo, indent=1) + "\n")
     if rc == 0:  # again, quietly, so the report shows its own stage's time too
         from launch.report import write_run_report
 

@@ -21,9 +21,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from eigenmap.run_layout import RunDir
     from launch.report import write_run_report
 
-    if not (args.run / "config.yaml").is_file():
+    if not RunDir(args.run).config.is_file():
         print(f"eigenmap report: error: '{args.run}' is not a run directory (no config.yaml); pass the "
               "train.run_dir of a run", file=sys.stderr)
         return 2

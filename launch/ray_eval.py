@@ -16,7 +16,7 @@ import torch
 
 from eigenmap.config import load_config
 from eigenmap.eval.features import FeatureSet, load_features
-from eigenmap.run_dir import CONFIG_FILE
+from eigenmap.run_layout import RunDir
 
 __all__ = ["extract_on_ray"]
 
@@ -51,7 +51,7 @@ def extract_on_ray(run_dir: Path, data: Path, folder: Path, args: argparse.Names
     from launch.ray_loopback import LoopbackTorchConfig
     from launch.ray_runner import embedded_trainer_class, init_ray
 
-    cfg = load_config(Path(run_dir) / CONFIG_FILE)
+    cfg = load_config(RunDir(run_dir).config)
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else float(torch.cuda.is_available())
     cfg.dist.num_workers, cfg.dist.cpus_per_worker = args.workers, args.cpus_per_worker
     cfg.dist.gpus_per_worker, cfg.dist.address = gpus, args.address
@@ -70,7 +70,7 @@ def extract_on_ray(run_dir: Path, data: Path, folder: Path, args: argparse.Names
                                          resources_per_worker={"CPU": args.cpus_per_worker,
                                                                **({"GPU": gpus} if gpus > 0 else {})}),
             torch_config=config_cls(backend="nccl" if gpus > 0 else "gloo"),
-            run_config=RunConfig(name=f"extract-{os.getpid()}", storage_path=str(Path(run_dir).resolve() / "eval" / ".ray")),
+            run_config=RunConfig(name=f"extract-{os.getpid()}", storage_path=str(RunDir(run_dir).ray_storage.resolve())),
         )
         result = trainer.fit()
         if getattr(result, "error", None) is not None:

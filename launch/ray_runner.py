@@ -28,10 +28,12 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from eigenmap.config import Config, from_dict, to_dict
+from eigenmap.run_layout import RunDir
 from eigenmap.train.preempt import forward_sigterm_to_run
 
 __all__ = ["run_on_ray", "init_ray", "embedded_trainer_class", "quiet_ray_train_logs", "RayCheckpointStore",
@@ -100,12 +102,12 @@ def train_loop_per_worker(config: dict) -> None:
 
     cfg = from_dict(config["cfg"])
     rank = ray.train.get_context().get_world_rank()
-    workers = Path(cfg.train.run_dir) / "workers"
-    workers.mkdir(parents=True, exist_ok=True)
-    (workers / f"rank{rank}.ray.json").write_text(json.dumps(  # which Ray node runs each rank
+    run = RunDir(cfg.train.run_dir)
+    run.workers.mkdir(parents=True, exist_ok=True)
+    run.worker_file(rank, "ray").write_text(json.dumps(  # which Ray node runs each rank
         {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}))
     train(cfg, store=RayCheckpointStore(Path(cfg.train.run_dir)),
-          allow_config_change=config.get("allow_config_change", False))
+          allow_config_change=config.get("allow_config_change", False), launch_id=config.get("launch_id"))
 
 
 def quiet_ray_train_logs() -> None:
@@ -180,32 +182,33 @@ def run_on_ray(cfg: Config, *, allow_config_change: bool = False) -> dict[str, A
     "preempted") plus ``attempts`` (worker-group starts, restarts included), ``wall_seconds``
     and, when Ray gave up, ``status: "failed"`` with the error.
     """
-    run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    status_path = run_dir / "status.json"
-    status_path.unlink(missing_ok=True)  # a status left by an earlier run must not pass for this one's
-    attempts_before = _count_lines(run_dir / "attempts.jsonl")
-    started = time.perf_counter()
+    run = RunDir(cfg.train.run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    attempts_before = len(run.read_attempts())
+    started, launch_id = time.perf_counter(), uuid.uuid4().hex
     we_started = init_ray(cfg)
     try:
         # installed after ray.init, which sets its own SIGTERM handler in the driver (sys.exit)
         with forward_sigterm_to_run(run_dir):
-            error = _fit(_trainer(cfg, allow_config_change))
+            error = _fit(_trainer(cfg, allow_config_change, launch_id))
     finally:
         if we_started:
             import ray
 
             ray.shutdown()
-    summary: dict[str, Any] = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    # the workers write status.json; one left by an earlier start must not pass for this one's
+    summary: dict[str, Any] = run.read_status() or {}
+    if summary.get("launch_id") != launch_id:
+        summary = {}
     if error is not None or not summary:
         summary = {**summary, "status": "failed",
                    "message": error or "the workers stopped without writing status.json"}
-    summary["attempts"] = _count_lines(run_dir / "attempts.jsonl") - attempts_before
+    summary["attempts"] = len(run.read_attempts()) - attempts_before
     summary["wall_seconds"] = time.perf_counter() - started
     return summary
 
 
-def _trainer(cfg: Config, allow_config_change: bool):
+def _trainer(cfg: Config, allow_config_change: bool, launch_id: str):
     """The ``TorchTrainer`` of the run: its workers, process group, storage and restarts."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -219,7 +222,7 @@ def _trainer(cfg: Config, allow_config_change: bool):
     torch_config_cls = LoopbackTorchConfig if embedded else TorchConfig
     return (embedded_trainer_class() if embedded else TorchTrainer)(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "allow_config_change": allow_config_change},
+        train_loop_config={"cfg": to_dict(cfg), "allow_config_change": allow_config_change, "launch_id": launch_id},
         scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=gpus > 0,
                                      resources_per_worker=resources),
         torch_config=torch_config_cls(backend="nccl" if gpus > 0 else "gloo"),
@@ -239,6 +242,4 @@ def _fit(trainer) -> Optional[str]:
     return repr(result.error) if getattr(result, "error", None) is not None else None
 
 
-def _count_lines(path: Path) -> int:
-    return sum(1 for _ in open(path)) if path.is_file() else 0
 

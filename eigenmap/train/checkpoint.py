@@ -37,6 +37,7 @@ import torch
 
 from eigenmap import dist
 from eigenmap.durable import fsync_dir, publish
+from eigenmap.run_layout import RunDir
 # re-exported: where a run resumes from is part of what a checkpoint is
 from eigenmap.train.checkpoint_files import (CHECKPOINT_RE, ENGINE_TAG, checkpoint_step, find_latest, is_complete,
                                              newest_good, read_meta, seal_checkpoint, verify_checkpoint)
@@ -159,14 +160,14 @@ def export_weights(model: torch.nn.Module, run_dir: Path) -> dict[str, Path]:
     with ``resnet.load_state_dict(sd, strict=False)``) and ``model.pt`` (the whole module:
     encoder, projector, L2-BatchNorm statistics, online head). Atomic and durable (temp file,
     fsync, rename)."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     out = {}
-    for name, module in (("encoder.pt", model.backbone), ("model.pt", model)):
+    for path, module in ((run.encoder, model.backbone), (run.model, model)):
         sd = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-        tmp = run_dir / f".{name}.tmp"
+        tmp = path.with_name(f".{path.name}.tmp")
         torch.save(sd, tmp)
-        publish(tmp, run_dir / name)
-        out[name] = run_dir / name
+        publish(tmp, path)
+        out[path.name] = path
     return out
 
 

@@ -27,13 +27,14 @@ import threading
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ["EXIT_PREEMPTED", "EXIT_CODES", "STOP_FILE", "StopRequest", "sigterm_sets_stop_flag",
+from eigenmap.run_layout import RunDir
+
+__all__ = ["EXIT_PREEMPTED", "EXIT_CODES", "StopRequest", "sigterm_sets_stop_flag",
            "forward_sigterm_to_run", "clear_stop_request"]
 
 EXIT_PREEMPTED = 75  # os.EX_TEMPFAIL: the job should be retried, and resumes where it stopped
 # exit code of `eigenmap train` and of the plain worker by the run's status (other failures: 1)
 EXIT_CODES = {"finished": 0, "nonfinite": 3, "preempted": EXIT_PREEMPTED}
-STOP_FILE = "stop_requested"
 
 _signalled = threading.Event()  # set by the handler: a signal is process-wide by nature
 
@@ -63,7 +64,7 @@ def sigterm_sets_stop_flag() -> contextlib.AbstractContextManager[bool]:
 def forward_sigterm_to_run(run_dir: Union[str, os.PathLike]) -> contextlib.AbstractContextManager[bool]:
     """During the body a SIGTERM to this launcher process writes the run's stop file, which
     every worker sees at its next log or checkpoint step."""
-    path = Path(run_dir) / STOP_FILE
+    path = RunDir(run_dir).stop_file
 
     def forward(signum, frame) -> None:
         _signalled.set()
@@ -75,7 +76,7 @@ def forward_sigterm_to_run(run_dir: Union[str, os.PathLike]) -> contextlib.Abstr
 def clear_stop_request(run_dir: Union[str, os.PathLike]) -> None:
     """Forget the stop file left by the previous start (call when a run starts, under its lock;
     a SIGTERM this process already got still counts)."""
-    (Path(run_dir) / STOP_FILE).unlink(missing_ok=True)
+    RunDir(run_dir).stop_file.unlink(missing_ok=True)
 
 
 class StopRequest:
@@ -83,7 +84,7 @@ class StopRequest:
     file exists. Cheap: a flag and one ``stat``."""
 
     def __init__(self, run_dir: Union[str, os.PathLike]):
-        self.path = Path(run_dir) / STOP_FILE
+        self.path = RunDir(run_dir).stop_file
 
     def requested(self) -> bool:
         return _signalled.is_set() or self.path.exists()

@@ -27,6 +27,7 @@ import yaml
 
 from eigenmap.config import Config, ConfigError, to_dict
 from eigenmap.data.manifest import dataset_identity
+from eigenmap.run_layout import RunDir
 from eigenmap.train.checkpoint import TrainerState
 from eigenmap.train.checkpoint_files import ENGINE_TAG, find_latest, read_meta
 
@@ -91,7 +92,7 @@ def _data_change(old: Optional[dict], new: Optional[dict]) -> list[Change]:
 def _reference_config(run_dir: Path, meta: dict) -> Optional[dict]:
     if isinstance(meta.get("config"), dict):
         return meta["config"]
-    saved = run_dir / "config.yaml"
+    saved = RunDir(run_dir).config
     return yaml.safe_load(saved.read_text()) if saved.is_file() else None
 
 
@@ -111,7 +112,7 @@ def check_resume(cfg: Config, *, allow_config_change: bool = False, report: bool
             into the new config (other weight shapes, ZeRO shards of another worker count).
     """
     run_dir = Path(cfg.train.run_dir)
-    latest = find_latest(run_dir / "checkpoints", warn=False)
+    latest = find_latest(RunDir(run_dir).checkpoints, warn=False)
     if latest is None:
         return []
     meta = read_meta(latest)

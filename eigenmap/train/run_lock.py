@@ -31,11 +31,12 @@ from typing import Iterator, Optional, Union
 
 import psutil
 
-__all__ = ["RunLockError", "run_lock", "acquire", "release", "LOCK_NAME"]
+from eigenmap.run_layout import RunDir
+
+__all__ = ["RunLockError", "run_lock", "acquire", "release"]
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "run.lock"
 _UNREADABLE_GRACE_SECONDS = 30.0  # a lock file still being written by its creator is briefly empty
 
 
@@ -123,7 +124,7 @@ def acquire(run_dir: Union[str, os.PathLike]) -> dict:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_NAME
+    path = RunDir(run_dir).lock
     me = _me()
     for _ in range(5):
         try:
@@ -161,7 +162,7 @@ def _just_created(path: Path) -> bool:
 
 def release(run_dir: Union[str, os.PathLike], me: dict) -> None:
     """Remove the lock if it is still ours (a run that took over a stale one keeps it)."""
-    path = Path(run_dir) / LOCK_NAME
+    path = RunDir(run_dir).lock
     if _read(path) == me:
         path.unlink(missing_ok=True)
 

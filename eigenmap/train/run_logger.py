@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from eigenmap.durable import atomic_write_text
+from eigenmap.run_layout import RunDir
 
 __all__ = ["RunLogger", "spectrum_plot", "keep_rows_up_to"]
 
@@ -117,11 +118,11 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            events = run_dir / "tensorboard"
+            events = RunDir(run_dir).tensorboard
             earlier = events.is_dir() and any(events.iterdir())
             self.writer = SummaryWriter(log_dir=str(events), purge_step=start_step + 1 if earlier else None)
-        keep_rows_up_to(run_dir / "metrics.jsonl", start_step)
-        self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        keep_rows_up_to(RunDir(run_dir).metrics, start_step)
+        self.jsonl = open(RunDir(run_dir).metrics, "a", buffering=1)
         self.total_steps, self.start_step, self.started = total_steps, start_step, time.perf_counter()
         self.text_progress = progress_bar and not sys.stderr.isatty()
         if progress_bar and not self.text_progress:

@@ -31,13 +31,14 @@ from typing import Any, Optional
 import torch
 
 from eigenmap import dist
-from eigenmap.config import Config, ConfigError, to_dict, to_yaml
+from eigenmap.config import Config, ConfigError, save_config, to_dict
 from eigenmap.data import SYNTHETIC, BatchAugment, SyntheticTwoViewLoader, build_train_loader
 from eigenmap.data.manifest import dataset_identity
 from eigenmap.data.prefetch import AugmentAhead
 from eigenmap.durable import atomic_write_text
 from eigenmap.host_memory import keep_freed_memory
 from eigenmap.models import EigenmapModel, build_model
+from eigenmap.run_layout import RunDir
 from eigenmap.train.checkpoint import (CheckpointStore, LocalCheckpointStore, TrainerState, export_weights,
                                        read_checkpoint, read_meta, write_checkpoint)
 from eigenmap.train.checks import load_train_config
@@ -143,20 +144,19 @@ def _use_device(cfg: Config, device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast on tensor cores
 
 
-def _record_worker(run_dir: Path, rank: int, device: torch.device, resumed_from: Optional[int]) -> None:
+def _record_worker(run: RunDir, rank: int, device: torch.device, resumed_from: Optional[int]) -> None:
     """Who this rank is (pid, host), so operators (and the fault test) can find each process."""
-    workers = run_dir / "workers"
-    workers.mkdir(parents=True, exist_ok=True)
-    (workers / f"rank{rank}.json").write_text(json.dumps(
+    run.workers.mkdir(parents=True, exist_ok=True)
+    run.worker_file(rank).write_text(json.dumps(
         {"pid": os.getpid(), "host": socket.gethostname(), "device": str(device), "time": time.time()}))
     if rank == 0:
-        with open(run_dir / "attempts.jsonl", "a") as f:
+        with open(run.attempts, "a") as f:
             f.write(json.dumps({"time": time.time(), "pid": os.getpid(), "resumed_from_step": resumed_from,
                                 "world_size": dist.get_world_size()}) + "\n")
 
 
 def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
-          allow_config_change: bool = False) -> dict[str, Any]:
+          allow_config_change: bool = False, launch_id: Optional[str] = None) -> dict[str, Any]:
     """Train (or resume) the run described by ``cfg``; call on every rank.
 
     Args:
@@ -165,6 +165,8 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
         store: where checkpoints go and the latest is found; default: ``run_dir/checkpoints``.
         allow_config_change: the user allowed settings that change the checkpoint's meaning
             (``--allow-config-change``): a checkpoint of another worker count may load.
+        launch_id: the launcher's id of this start, recorded in ``status.json`` so that the
+            launcher (its only reader) can tell this start's status from an earlier one's.
 
     Returns:
         Summary (the same keys as ``run_dir/status.json``): ``status`` ("finished",
@@ -178,11 +180,11 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
         raise ConfigError(f"config key 'dist.num_workers' is {cfg.dist.num_workers} but this job has {world} "
                           f"processes; set dist.num_workers={world}")
     _use_device(cfg, device)
-    run_dir = Path(cfg.train.run_dir)
+    run = RunDir(cfg.train.run_dir)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    store = store or LocalCheckpointStore(run_dir / "checkpoints", cfg.train.keep_checkpoints)
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
+    store = store or LocalCheckpointStore(run.checkpoints, cfg.train.keep_checkpoints)
     loader = build_loader(cfg, rank=rank, world_size=world, device=device)
     plan = StepPlan.of(cfg, len(loader))
     model = _setup_model(cfg, device, world)
@@ -195,11 +197,11 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
         if ckpt is not None:
             state = _resume(cfg, ckpt, engine, augment, plan, allow_config_change)
             resumed_from = state.step
-    _record_worker(run_dir, rank, device, resumed_from)
-    logger = RunLogger(run_dir, rank=rank, total_steps=plan.total_steps, start_step=state.step,
+    _record_worker(run, rank, device, resumed_from)
+    logger = RunLogger(run.path, rank=rank, total_steps=plan.total_steps, start_step=state.step,
                        progress_bar=cfg.train.progress_bar, tensorboard=cfg.train.tensorboard)
     run_info = {"config": to_dict(cfg), "data": dataset_identity(cfg.data.train_path)}
-    parts = WorkerParts(engine, optimizer, loader, augment, store, logger, StopRequest(run_dir), run_info)
+    parts = WorkerParts(engine, optimizer, loader, augment, store, logger, StopRequest(run.path), run_info)
     try:
         with sigterm_sets_stop_flag():
             summary = _loop(cfg, parts, plan, state, device)
@@ -207,8 +209,8 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
         logger.close()
     if rank == 0:
         if summary["status"] == "finished":
-            summary["weights"] = {k: str(v) for k, v in export_weights(engine.module, run_dir).items()}
-        atomic_write_text(run_dir / "status.json", json.dumps(summary, indent=1))
+            summary["weights"] = {k: str(v) for k, v in export_weights(engine.module, run.path).items()}
+        atomic_write_text(run.status, json.dumps({**summary, "launch_id": launch_id}, indent=1))
     dist.barrier()
     return summary
 

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from eigenmap.train import preempt
-from eigenmap.train.preempt import (STOP_FILE, StopRequest, clear_stop_request, forward_sigterm_to_run,
+from eigenmap.run_layout import RunDir
+from eigenmap.train.preempt import (StopRequest, clear_stop_request, forward_sigterm_to_run,
                                     sigterm_sets_stop_flag)
 
 
@@ -40,7 +41,7 @@ def test_a_sigterm_sets_the_flag_instead_of_killing_and_the_handler_is_restored(
 def test_a_sigterm_to_the_launcher_writes_the_stop_file_the_workers_read(tmp_path):
     with forward_sigterm_to_run(tmp_path):
         _deliver_sigterm()
-    assert (tmp_path / STOP_FILE).exists()
+    assert RunDir(tmp_path).stop_file.exists()
     preempt._signalled.clear()  # a worker is another process: it sees only the file
     assert StopRequest(tmp_path).requested()
     clear_stop_request(tmp_path)  # the next start forgets it

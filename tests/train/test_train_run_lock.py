@@ -16,7 +16,8 @@ import time
 import psutil
 import pytest
 
-from eigenmap.train.run_lock import LOCK_NAME, RunLockError, acquire, release, run_lock
+from eigenmap.run_layout import RunDir
+from eigenmap.train.run_lock import RunLockError, acquire, release, run_lock
 
 
 def _lock_of(pid: int, host: str | None = None, **extra) -> dict:
@@ -42,34 +43,34 @@ def _dead_pid() -> int:
 
 def test_the_lock_names_its_holder_and_is_released_on_every_way_out(tmp_path):
     with run_lock(tmp_path / "run") as me:
-        held = json.loads((tmp_path / "run" / LOCK_NAME).read_text())
+        held = json.loads(RunDir(tmp_path / "run").lock.read_text())
         assert held == me and held["pid"] == os.getpid() and held["host"] == socket.gethostname()
-    assert not (tmp_path / "run" / LOCK_NAME).exists()
+    assert not RunDir(tmp_path / "run").lock.exists()
     with pytest.raises(KeyError):
         with run_lock(tmp_path / "run"):
             raise KeyError("the run failed")
-    assert not (tmp_path / "run" / LOCK_NAME).exists()
+    assert not RunDir(tmp_path / "run").lock.exists()
 
 
 def test_a_second_run_on_a_live_run_directory_is_refused_naming_the_holder(tmp_path, sleeper):
-    (tmp_path / LOCK_NAME).write_text(json.dumps(_lock_of(sleeper)))
+    RunDir(tmp_path).lock.write_text(json.dumps(_lock_of(sleeper)))
     with pytest.raises(RunLockError) as refused:
         acquire(tmp_path)
     message = str(refused.value)
     assert f"pid {sleeper} on host {socket.gethostname()} since " in message
-    assert f"delete {tmp_path / LOCK_NAME}" in message
-    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == sleeper  # untouched
+    assert f"delete {RunDir(tmp_path).lock}" in message
+    assert json.loads(RunDir(tmp_path).lock.read_text())["pid"] == sleeper  # untouched
 
 
 def test_a_lock_held_from_another_host_is_refused(tmp_path):
-    (tmp_path / LOCK_NAME).write_text(json.dumps(_lock_of(_dead_pid(), host="elsewhere-node-7")))
+    RunDir(tmp_path).lock.write_text(json.dumps(_lock_of(_dead_pid(), host="elsewhere-node-7")))
     with pytest.raises(RunLockError, match="on host elsewhere-node-7"):
         acquire(tmp_path)
 
 
 @pytest.mark.parametrize("how", ["dead pid", "pid reused by another process", "unreadable and old"])
 def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, sleeper, how, caplog):
-    path = tmp_path / LOCK_NAME
+    path = RunDir(tmp_path).lock
     if how == "dead pid":
         path.write_text(json.dumps(_lock_of(_dead_pid())))
     elif how == "pid reused by another process":  # a live pid, but not the process that took the lock
@@ -88,14 +89,14 @@ def test_of_two_runs_recovering_one_stale_lock_only_the_first_wins(tmp_path):
     from eigenmap.train.run_lock import _take_over
 
     stale = _lock_of(_dead_pid())
-    (tmp_path / LOCK_NAME).write_text(json.dumps(stale))
+    RunDir(tmp_path).lock.write_text(json.dumps(stale))
     first, second = {"pid": 1, "who": "first"}, {"pid": 2, "who": "second"}
-    assert _take_over(tmp_path / LOCK_NAME, stale, first)
-    assert not _take_over(tmp_path / LOCK_NAME, stale, second)  # it read the same stale lock, too late
-    assert json.loads((tmp_path / LOCK_NAME).read_text()) == first
+    assert _take_over(RunDir(tmp_path).lock, stale, first)
+    assert not _take_over(RunDir(tmp_path).lock, stale, second)  # it read the same stale lock, too late
+    assert json.loads(RunDir(tmp_path).lock.read_text()) == first
 
 
 def test_release_leaves_a_lock_someone_else_holds(tmp_path, sleeper):
-    (tmp_path / LOCK_NAME).write_text(json.dumps(_lock_of(sleeper)))
+    RunDir(tmp_path).lock.write_text(json.dumps(_lock_of(sleeper)))
     release(tmp_path, _lock_of(os.getpid()))
-    assert (tmp_path / LOCK_NAME).exists()
+    assert RunDir(tmp_path).lock.exists()
