@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from launch.eval_inputs import add_extraction_arguments, extract, pick_device
+from launch.eval_inputs import INTERRUPTED, add_extraction_arguments, extractor, pick_device
 
 
 def add_parser(subparsers) -> None:
@@ -29,18 +29,25 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from eigenmap.eval.features import feature_folder
+    from eigenmap.eval.inputs import EvalInputError, describe
     from eigenmap.run_dir import RunDirError, load_run
 
     try:
         device = pick_device(args.device)
+        # the file first (a typo is named before the run loads)
+        if describe(args.data, "DATA").kind != "beton":
+            raise EvalInputError(f"DATA '{args.data}' is a folder of arrays already; pass a .beton written by "
+                                 "`eigenmap prepare`")
         loaded = load_run(args.run, device=device)
-        if not args.data.is_file():
-            raise ValueError(f"'{args.data}' does not exist; pass a .beton written by `eigenmap prepare`")
         folder = args.out or feature_folder(args.run, args.data, scale_by_eigenvalue=args.scale_by_eigenvalue)
-        arrays = extract(loaded, args.run, args.data, folder, args, device)
+        arrays = extractor(args, loaded, args.run, device)(args.data, folder)
     except (RunDirError, ValueError) as e:
         print(f"eigenmap extract: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("eigenmap extract: interrupted; the partial arrays were removed (an earlier complete folder is kept); "
+              "run the same command again", file=sys.stderr)
+        return INTERRUPTED
     meta = arrays.meta
     print(f"extracted {meta['shapes']['features'][0]} images of {args.data.name}: features "
           f"{meta['shapes']['features']}, codes {meta['shapes']['codes']} in {meta['seconds']:.1f} s "

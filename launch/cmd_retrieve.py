@@ -3,18 +3,23 @@ of adaptive-length codes.
 
 The eigenfunction outputs are ordered by eigenvalue, so the first m dimensions of a code are a
 usable short code. For each length m (default: powers of two up to k, and k): mAP@R,
-precision@R and recall@R (a result is relevant when it shares a label with the query) and
-queries/s, against two baselines at the same m (a random m-subset of dimensions, PCA to m
-fitted on the database) and the adaptive funnel (shortlist with a short prefix, rerank with the
-full code). Exact search (``--index flat``) or approximate (``ivf``, ``hnsw``); FAISS on the GPU
-when it has one, an exact torch search on a CUDA GPU otherwise, else FAISS on the CPU
-(``--backend`` overrides); the one used is named in every output.
+precision@R and recall@R (a result is relevant when it shares a label with the query; multi-label
+sets included) and queries/s, against two baselines at the same m (a random m-subset of
+dimensions, PCA to m fitted on the database) and the adaptive funnel (shortlist with a short
+prefix, rerank with the full code). Exact search (``--index flat``) or approximate (``ivf``,
+``hnsw``); FAISS on the GPU when it has one, an exact torch search on a CUDA GPU otherwise, else
+FAISS on the CPU (``--backend`` overrides); the one used is named in every output.
 
 ``--database``/``--queries`` are ``.beton`` files (their arrays are extracted through RUN's
-model once, into ``RUN/eval/features/``) or feature folders written by ``eigenmap extract``
-(then RUN may be left out: pass ``--out``). ``--features`` benchmarks the saved encoder
-features [N, F] instead of the codes. Writes ``retrieval.json``, ``retrieval.md`` and two PNG
-plots into ``RUN/eval/retrieval/<codes|features>/`` (or ``--out``), and ``--json``.
+model once, into ``RUN/eval/features/``), feature folders written by ``eigenmap extract``, or
+folders of anyone's arrays (``codes.npy`` and/or ``features.npy`` [N, d] with ``labels.npy`` [N]
+or [N, C]); with folders RUN may be left out (pass ``--out``). Both sets, the options and the
+class lists are checked before anything is extracted; the queries must be held out from the
+database (one set, or a byte copy of it, in both roles is refused). ``--features`` benchmarks
+the encoder features [N, F] instead of the codes. Writes ``retrieval.json``, ``retrieval.md``
+and two PNG plots into ``RUN/eval/retrieval/<codes|features>/<database>--<queries>/`` (or
+``--out``; a folder holding the report of other inputs is kept unless ``--overwrite``), and
+``--json``.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import sys
 from pathlib import Path
 
 from launch.arg_types import int_at_least
-from launch.eval_inputs import (add_extraction_arguments, dataset_arrays, different_sets, open_run, pick_device,
-                                same_classes)
+from launch.eval_inputs import INTERRUPTED, add_extraction_arguments, extractor, pick_device
+
+CONSEQUENCE = "every query would find itself first, which inflates mAP@R"
 
 
 def add_parser(subparsers) -> None:
@@ -34,8 +40,8 @@ def add_parser(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, nargs="?", default=None, metavar="RUN",
                    help="a finished run directory (needed when a set is a .beton)")
-    p.add_argument("--database", type=Path, required=True, help="database: .beton or feature folder")
-    p.add_argument("--queries", type=Path, required=True, help="queries: .beton or feature folder")
+    p.add_argument("--database", type=Path, required=True, help="database: .beton, feature folder or arrays folder")
+    p.add_argument("--queries", type=Path, required=True, help="queries: .beton, feature folder or arrays folder")
     p.add_argument("--features", action="store_true", help="the encoder features instead of the codes")
     p.add_argument("--dims", type=int, nargs="+", default=None, metavar="M",
                    help="code lengths (default: powers of two up to the full length, and it)")
@@ -47,7 +53,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-baselines", action="store_true", help="skip the random-subset and PCA baselines")
     p.add_argument("--no-funnel", action="store_true", help="skip the adaptive funnel")
     p.add_argument("--repeats", type=int_at_least("--repeats", 1), default=3, help="timed rounds per length (default 3)")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/eval/retrieval/<codes|features>)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report folder (default RUN/eval/retrieval/<codes|features>/<database>--<queries>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a report of other inputs in the folder")
     add_extraction_arguments(p)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here too")
     p.set_defaults(func=run)
@@ -55,35 +63,55 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import retrieval
-    from eigenmap.run_dir import RunDirError
+    from retrieval.checks import check_dims, check_R
+    from eigenmap.eval.inputs import EvalInputError, check_pair, describe, load_arrays, require_arrays
+    from eigenmap.eval.reports import check_report_folder, publish_report
+    from eigenmap.run_dir import RunDirError, load_run
+    from eigenmap.run_layout import RunDir, pair_name
 
     array = "features" if args.features else "codes"
     try:
         if args.run is None and args.out is None:
-            raise ValueError("pass RUN (the report goes to RUN/eval/retrieval/) or --out DIR")
+            raise EvalInputError("pass RUN (the report goes to RUN/eval/retrieval/) or --out DIR")
         device = pick_device(args.device)
-        loaded = open_run(args.run, device)
-        database = dataset_arrays(loaded, args.run, args.database, args, device)
-        queries = dataset_arrays(loaded, args.run, args.queries, args, device)
-        different_sets(database, queries, ("--database", "--queries"),
-                       "every query would find itself first, which inflates mAP@R")
-        same_classes(database, queries, ("--database", "--queries"))  # relevance compares labels
+        # every path, the run, the pair and the options are checked before anything is extracted
+        database, queries = describe(args.database, "--database"), describe(args.queries, "--queries")
+        loaded = load_run(args.run, device=device) if args.run is not None else None
+        check_pair(database, queries, CONSEQUENCE)  # relevance compares labels, so they must mean the same
+        for inp in (database, queries):
+            require_arrays(inp, array)
+        if loaded is None and "beton" in (database.kind, queries.kind):
+            raise EvalInputError("a .beton set needs the RUN whose encoder reads it")
+        width = database.widths.get(array) or (loaded.model.feat_dim if args.features
+                                                else loaded.config.model.projector_out_dim)
+        check_dims(args.dims, width)
+        check_R(args.R, database.num_images)
+        inputs = {"run": str(args.run.resolve()) if args.run else None, "step": loaded.step if loaded else None,
+                  "database": database.to_dict(), "queries": queries.to_dict()}
+        out = args.out or RunDir(args.run).retrieval(array, pair_name(database.name, queries.name))
+        check_report_folder(out, "retrieval.json", inputs, overwrite=args.overwrite, out_flag="--out")
+        extract = extractor(args, loaded, args.run, device) if loaded is not None else None
+        db_arrays, q_arrays = (load_arrays(inp, run_dir=args.run, weights=loaded and loaded.weights,
+                                           scale_by_eigenvalue=args.scale_by_eigenvalue,
+                                           resolution=loaded and loaded.config.data.resolution, extract=extract)
+                               for inp in (database, queries))
         results = retrieval.run_benchmark(
-            getattr(database, array), database.labels, getattr(queries, array), queries.labels,
+            getattr(db_arrays, array), db_arrays.labels, getattr(q_arrays, array), q_arrays.labels,
             dims=args.dims, R=args.R, index=args.index, backend=args.backend, device=None,
             baselines=not args.no_baselines, funnel=not args.no_funnel, repeats=args.repeats, name=array,
             seed=loaded.config.train.seed if loaded is not None else 0)
     except (RunDirError, ValueError) as e:
         print(f"eigenmap retrieve: error: {e}", file=sys.stderr)
         return 2
-    results["inputs"] = {"run": str(args.run.resolve()) if args.run else None,
-                         "step": loaded.step if loaded is not None else None,
-                         "database": str(database.folder), "queries": str(queries.folder)}
-    out = args.out or args.run / "eval" / "retrieval" / array
-    paths = retrieval.write_report(results, out)
+    except KeyboardInterrupt:
+        print("eigenmap retrieve: interrupted; no report was written (arrays extracted before the interrupt are "
+              "kept and reused); run the same command again", file=sys.stderr)
+        return INTERRUPTED
+    results["inputs"] = inputs
+    paths = publish_report(out, lambda tmp: retrieval.write_report(results, tmp))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n")
-    print(paths["markdown"].read_text())
+    print((out / paths["markdown"].name).read_text())
     print(f"written to {out}")
     return 0

@@ -1,29 +1,27 @@
-"""What the evaluation commands share: reading a run, and getting a dataset's arrays through it.
+"""What the evaluation commands share on the command line: the extraction options, the device,
+and the extractor (this process, or Ray workers) that :mod:`eigenmap.eval.inputs` calls.
 
-A dataset argument is a ``.beton`` (its arrays are extracted through the run's model, once,
-into ``RUN/eval/features/<name>/`` and reused while the weights and the file are unchanged)
-or a feature folder that ``eigenmap extract`` wrote (read as is). Extraction runs as one plain
-process, or on Ray workers with ``--workers N`` (each worker its evaluation shard, the same
-launcher as training).
+The evaluation path itself (describing and checking sets, caching arrays, the probe and kNN)
+lives in :mod:`eigenmap.eval`; this module only turns arguments into its plain parameters.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from eigenmap.eval.features import SIDECAR, FeatureSet, extract_features, feature_folder, load_features, matches
-from eigenmap.run_dir import LoadedRun, load_run
+from eigenmap.eval.features import FeatureSet, extract_features
+from eigenmap.eval.inputs import Extractor
+from eigenmap.run_dir import LoadedRun
 from launch.arg_types import int_at_least
 
-log = logging.getLogger(__name__)
+__all__ = ["add_extraction_arguments", "pick_device", "extractor", "INTERRUPTED"]
 
-__all__ = ["add_extraction_arguments", "pick_device", "dataset_arrays", "is_feature_folder", "extract", "open_run",
-           "different_sets", "same_classes"]
+# exit code of an evaluation command stopped by Ctrl-C (128 + SIGINT), as a shell reports it
+INTERRUPTED = 130
 
 
 def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,77 +49,16 @@ def pick_device(name: Optional[str]) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def is_feature_folder(path: Path) -> bool:
-    return path.is_dir() and (path / SIDECAR).is_file()
+def extractor(args: argparse.Namespace, run: LoadedRun, run_dir: Path, device: torch.device) -> Extractor:
+    """``(data, folder) -> FeatureSet``: ``data``'s arrays through ``run``'s model into ``folder``,
+    in this process or on ``--workers`` Ray workers (each its shard)."""
+    def extract(data: Path, folder: Path) -> FeatureSet:
+        if args.workers > 0:
+            from launch.ray_eval import extract_on_ray
 
+            return extract_on_ray(run_dir, data, folder, args)
+        return extract_features(run.model.to(device), run.config, data, folder, weights=run.weights, step=run.step,
+                                batch_size=args.batch_size, device=device,
+                                scale_by_eigenvalue=args.scale_by_eigenvalue)
 
-def dataset_arrays(run: Optional[LoadedRun], run_dir: Optional[Path], data: Path, args: argparse.Namespace,
-                   device: torch.device) -> FeatureSet:
-    """The arrays of ``data`` (a ``.beton`` through ``run``'s model, or a feature folder)."""
-    if is_feature_folder(data):
-        return load_features(data)
-    if data.is_dir():
-        raise ValueError(f"'{data}' is a folder without {SIDECAR}: pass a .beton (written by `eigenmap prepare`) "
-                         "or a feature folder written by `eigenmap extract`")
-    if not data.is_file():
-        raise ValueError(f"'{data}' does not exist; accepted: a .beton written by `eigenmap prepare`, or a "
-                         "feature folder written by `eigenmap extract`")
-    if run is None or run_dir is None:
-        raise ValueError(f"'{data}' is a dataset file: pass the RUN whose encoder should read it")
-    folder = feature_folder(run_dir, data, scale_by_eigenvalue=args.scale_by_eigenvalue)
-    if is_feature_folder(folder):
-        cached = load_features(folder)
-        if matches(cached.meta, data_path=data.resolve(), weights=run.weights,
-                   scale_by_eigenvalue=args.scale_by_eigenvalue, resolution=run.config.data.resolution):
-            log.info("reusing the arrays of %s in %s (same weights, same file)", data.name, folder)
-            return cached
-    return extract(run, run_dir, data, folder, args, device)
-
-
-def different_sets(first: FeatureSet, second: FeatureSet, roles: tuple[str, str], consequence: str) -> None:
-    """Refuse two roles given the same images: one feature folder, or arrays of one dataset file
-    (its name, size and modification time; a copy that kept them holds the same images too).
-
-    Raises:
-        ValueError: naming the set and ``consequence``, what scoring a set against itself does.
-    """
-    a, b = (s.meta["dataset"] for s in (first, second))
-    same_file = (Path(a["path"]).name == Path(b["path"]).name
-                 and all(a.get(key) == b.get(key) for key in ("bytes", "mtime")))
-    if first.folder.resolve() == second.folder.resolve() or same_file:
-        raise ValueError(f"{roles[0]} and {roles[1]} are the same images ('{a['path']}'): {consequence}; accepted: "
-                         f"{roles[1]} held out from {roles[0]} (e.g. val/ against train/)")
-
-
-def same_classes(first: FeatureSet, second: FeatureSet, roles: tuple[str, str]) -> int:
-    """The number of classes of two feature sets whose labels index the same class list.
-
-    Raises:
-        ValueError: their datasets list different classes, so label i would not mean one class in
-            both (e.g. a validation folder without one of the training folder's classes).
-    """
-    a, b = (s.meta["dataset"]["classes"] for s in (first, second))
-    if a != b:
-        missing = sorted(set(a) ^ set(b))[:5]
-        raise ValueError(f"{roles[0]} and {roles[1]} label different class lists ({len(a)} vs {len(b)} classes"
-                         + (f"; in one only: {', '.join(missing)}" if missing else "; in another order")
-                         + "); accepted: two splits of one dataset, written from folders with the same class "
-                         "folders (an empty class folder keeps its label)")
-    return len(a)
-
-
-def extract(run: LoadedRun, run_dir: Path, data: Path, folder: Path, args: argparse.Namespace,
-            device: torch.device) -> FeatureSet:
-    """Extract ``data``'s arrays into ``folder``: here, or on ``--workers`` Ray workers."""
-    if args.workers > 0:
-        from launch.ray_eval import extract_on_ray
-
-        return extract_on_ray(run_dir, data, folder, args)
-    return extract_features(run.model.to(device), run.config, data, folder, weights=run.weights, step=run.step,
-                            batch_size=args.batch_size, device=device,
-                            scale_by_eigenvalue=args.scale_by_eigenvalue)
-
-
-def open_run(run_dir: Optional[Path], device: torch.device) -> Optional[LoadedRun]:
-    """``load_run`` of the RUN argument (None when the command was given no run)."""
-    return load_run(run_dir, device=device) if run_dir is not None else None
+    return extract

@@ -4,7 +4,8 @@ It reads what the other commands left in the run directory and draws nothing fro
 
 - ``config.yaml``, ``status.json``, ``metrics.jsonl``, ``attempts.jsonl`` (training);
 - ``model.pt`` (the eigenvalue estimates, through :func:`eigenmap.run_dir.load_run`);
-- ``eval/probe.json`` (``eigenmap probe``), ``eval/retrieval/codes/`` (``eigenmap retrieve``);
+- ``eval/probe/*/probe.json`` (``eigenmap probe``), ``eval/retrieval/codes/*/`` (``eigenmap retrieve``):
+  the newest of each is shown, and every evaluation the run holds is listed;
 - ``demo.json`` when ``eigenmap demo`` made the run (data, splits, the wall time of each stage).
 
 A part whose files are missing is listed as such, with the command that makes it.
@@ -24,7 +25,8 @@ from matplotlib.figure import Figure
 
 from eigenmap.config import load_config
 from eigenmap.eval.spectrum import eigenvalue_order
-from eigenmap.run_dir import load_run, read_status
+from eigenmap.run_dir import load_run
+from eigenmap.run_layout import RunDir
 
 __all__ = ["write_run_report", "knn_capped_note"]
 
@@ -34,13 +36,6 @@ def _read_json(path: Path) -> Optional[dict]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []
 
 
 def plot_training(rows: list[dict], path: Path) -> None:
@@ -110,7 +105,7 @@ def _training_section(run_dir: Path, rows: list[dict], status: Optional[dict], r
     if status:
         lines.append(f"Status: **{status.get('status')}** at step {status.get('step')} of {status.get('total_steps')} "
                      f"(epoch {status.get('epoch')}). {status.get('message', '')}")
-    attempts = _read_jsonl(run_dir / "attempts.jsonl")
+    attempts = RunDir(run_dir).read_attempts()
     if attempts:
         lines.append(f"Worker-group starts: {len(attempts)} (resumed from steps "
                      f"{[a.get('resumed_from_step') for a in attempts]}).")
@@ -124,7 +119,7 @@ def _training_section(run_dir: Path, rows: list[dict], status: Optional[dict], r
         lines.append("![training curves](training_curves.png)")
     else:
         lines.append("No metrics.jsonl yet: the run has not logged a step.")
-    lines += ["", f"TensorBoard events: `tensorboard --logdir {run_dir / 'tensorboard'}`", ""]
+    lines += ["", f"TensorBoard events: `tensorboard --logdir {RunDir(run_dir).tensorboard}`", ""]
     return lines
 
 
@@ -146,7 +141,8 @@ def _spectrum_section(run_dir: Path, report: Path) -> list[str]:
 
 
 def _evaluation_section(run_dir: Path) -> list[str]:
-    probe = _read_json(run_dir / "eval" / "probe.json")
+    reports = RunDir(run_dir).probe_reports()
+    probe = _read_json(reports[-1]) if reports else None
     if probe is None:
         return ["## Linear probe and kNN", "",
                 f"Not run yet: `eigenmap probe {run_dir} --train TRAIN --val VAL`.", ""]
@@ -177,9 +173,10 @@ def knn_capped_note(knn: dict, n_train: int) -> str:
 
 
 def _retrieval_section(run_dir: Path, report: Path) -> list[str]:
-    folder = run_dir / "eval" / "retrieval" / "codes"
+    reports = RunDir(run_dir).retrieval_reports("codes")
+    folder = reports[-1].parent if reports else run_dir
     table = folder / "retrieval.md"
-    if not table.is_file():
+    if not reports or not table.is_file():
         return ["## Retrieval with adaptive-length codes", "",
                 f"Not run yet: `eigenmap retrieve {run_dir} --database TRAIN --queries VAL`.", ""]
     lines = ["## Retrieval with adaptive-length codes", ""]
@@ -203,15 +200,28 @@ def _demo_section(demo: Optional[dict]) -> list[str]:
     return lines
 
 
+def _evaluations_listing(run: RunDir) -> list[str]:
+    """Every probe and retrieval report the run holds, with the inputs each was made from."""
+    rows = []
+    for path in run.probe_reports() + run.retrieval_reports():
+        inputs = (_read_json(path) or {}).get("inputs") or {}
+        sets = ", ".join(f"{role} `{value.get('path')}`" for role, value in inputs.items() if isinstance(value, dict))
+        rows.append(f"| `{path.parent.relative_to(run.path)}` | {sets or 'not recorded'} |")
+    if not rows:
+        return []
+    return ["## Evaluations in this run", "", "| report | inputs |", "|---|---|", *rows, ""]
+
+
 def write_run_report(run_dir: Path) -> Path:
     """Write ``RUN/report/report.md`` and its PNGs from the run directory's files; returns its path."""
     run_dir = Path(run_dir).resolve()
     report = run_dir / "report"
     report.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(run_dir / "config.yaml")
-    rows = _read_jsonl(run_dir / "metrics.jsonl")
-    status = read_status(run_dir)
-    demo = _read_json(run_dir / "demo.json")
+    run = RunDir(run_dir)
+    cfg = load_config(run.config)
+    rows = run.read_metrics()
+    status = run.read_status()
+    demo = run.read_demo()
     lines = [f"# Run report: {run_dir.name}", "", f"Run directory `{run_dir}`; regenerate with "
              f"`eigenmap report {run_dir}`.", "", "## Configuration", "", *_config_summary(cfg), "",
              f"The whole resolved config: `{run_dir / 'config.yaml'}`.", ""]
@@ -220,6 +230,7 @@ def write_run_report(run_dir: Path) -> Path:
     lines += _spectrum_section(run_dir, report)
     lines += _evaluation_section(run_dir)
     lines += _retrieval_section(run_dir, report)
+    lines += _evaluations_listing(run)
     path = report / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+from eigenmap.run_layout import RunDir, pair_name  # noqa: E402
 
 # the one recipe every method shares (configs/imagenette_resnet18.yaml plus these)
 RECIPE = [
@@ -140,7 +140,7 @@ def _check_reuse(method: str, run_dir: Path, cfg) -> None:
     from eigenmap.config import to_dict
     from eigenmap.train.resume import meaning_changes
 
-    changes = meaning_changes(yaml.safe_load((run_dir / "config.yaml").read_text()), to_dict(cfg))
+    changes = meaning_changes(yaml.safe_load(RunDir(run_dir).config.read_text()), to_dict(cfg))
     if changes:
         listing = "\n".join(f"  {c.key}: {c.old!r} -> {c.new!r}" for c in changes)
         raise SystemExit(f"[{method}] {run_dir} holds a finished run trained with other settings (finished run -> "
@@ -151,10 +151,8 @@ def _check_reuse(method: str, run_dir: Path, cfg) -> None:
 def train(method: str, run_dir: Path, train_beton: Path, epochs: int, extra: list[str]) -> None:
     """Train (or resume) one method as a plain worker process (nothing to do for a finished run
     of the same settings; a finished run of other settings is an error)."""
-    from eigenmap.run_dir import read_status
-
-    status = read_status(run_dir)
-    if status and status.get("status") == "finished" and (run_dir / "model.pt").is_file():
+    status = RunDir(run_dir).read_status()
+    if status and status.get("status") == "finished" and RunDir(run_dir).model.is_file():
         _check_reuse(method, run_dir, _config(method, run_dir, train_beton, epochs, extra))
         return
     cmd = [sys.executable, "-m", "eigenmap.train.worker", str(CONFIG),
@@ -174,64 +172,60 @@ def random_init(run_dir: Path, train_beton: Path, epochs: int, extra: list[str])
     from eigenmap.train.checkpoint import export_weights
 
     cfg = _config("random_init", run_dir, train_beton, epochs, extra)
-    if (run_dir / "model.pt").is_file():
+    if RunDir(run_dir).model.is_file():
         _check_reuse("random_init", run_dir, cfg)
         return
     torch.manual_seed(cfg.train.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    save_config(cfg, RunDir(run_dir).config)
     export_weights(build_model(cfg), run_dir)
-    (run_dir / "status.json").write_text(json.dumps({"status": "finished", "step": 0, "untrained": True}))
+    RunDir(run_dir).status.write_text(json.dumps({"status": "finished", "step": 0, "untrained": True}))
 
 
 def evaluate(run_dir: Path, train_beton: Path, val_beton: Path) -> dict:
-    """Probe, kNN, retrieval at each length, eigenvalue ordering of one run (cached in its eval/)."""
+    """Probe, kNN, retrieval at each length, eigenvalue ordering of one run (cached in its eval/):
+    the same evaluation path as `eigenmap probe` and `eigenmap retrieve`."""
     import torch
 
     import retrieval
-    from eigenmap.eval.features import extract_features, feature_folder, load_features, matches
-    from eigenmap.eval.knn import knn_top1
-    from eigenmap.eval.linear_probe import train_probe
+    from eigenmap.eval.features import extract_features
+    from eigenmap.eval.inputs import check_pair, describe, load_arrays
+    from eigenmap.eval.probe_knn import probe_and_knn
     from eigenmap.eval.spectrum import eigenvalue_order
     from eigenmap.run_dir import load_run
 
-    cached = run_dir / "eval" / "quality.json"
+    cached = RunDir(run_dir).eval / "quality.json"
     run = load_run(run_dir)
     if cached.is_file():
         figures = json.loads(cached.read_text())
         if figures.get("weights_mtime") == run.weights.stat().st_mtime:
             return figures
     started = time.perf_counter()
-    arrays = {}
-    for name, beton in (("train", train_beton), ("val", val_beton)):
-        folder = feature_folder(run_dir, beton)
-        existing = load_features(folder) if (folder / "features.json").is_file() else None
-        if existing is not None and matches(existing.meta, data_path=beton.resolve(), weights=run.weights,
-                                            scale_by_eigenvalue=False, resolution=run.config.data.resolution):
-            arrays[name] = existing
-        else:
-            arrays[name] = extract_features(run.model, run.config, beton, folder, weights=run.weights, step=run.step,
-                                            progress=False)
-    train_set, val_set = arrays["train"], arrays["val"]
-    ev, classes = run.config.eval, len(train_set.meta["dataset"]["classes"])
-    probe = train_probe(train_set.features, train_set.labels, val_set.features, val_set.labels, num_classes=classes,
-                        epochs=ev.probe_epochs, lr=ev.probe_lr, weight_decay=ev.probe_weight_decay,
-                        batch_size=ev.probe_batch_size, seed=run.config.train.seed)
-    knn = knn_top1(train_set.features, train_set.labels, val_set.features, val_set.labels, ks=(20, 200),
-                   temperature=ev.knn_temperature, num_classes=classes)
+    sets = describe(train_beton, "train"), describe(val_beton, "val")
+    classes = check_pair(*sets, "the probe, kNN and retrieval would score images against themselves")
+
+    def extract(data: Path, folder: Path):
+        return extract_features(run.model, run.config, data, folder, weights=run.weights, step=run.step,
+                                progress=False)
+
+    train_set, val_set = (load_arrays(inp, run_dir=run_dir, weights=run.weights, resolution=run.config.data.resolution,
+                                      extract=extract) for inp in sets)
+    classification = probe_and_knn(train_set, val_set, run.config.eval, num_classes=classes, ks=(20, 200),
+                                   seed=run.config.train.seed, device=torch.device("cpu"))
+    probe, knn = classification["linear_probe"], classification["knn"]["top1"]["features"]
     k = train_set.codes.shape[1]
     dims = sorted({k // f for f in FRACTIONS if k % f == 0})
     report = retrieval.run_benchmark(train_set.codes, train_set.labels, val_set.codes, val_set.labels, dims=dims,
                                      R=100, index="flat", backend="faiss-cpu", baselines=True, funnel=False,
                                      repeats=1, seed=run.config.train.seed, name="codes")
-    retrieval.write_report(report, run_dir / "eval" / "retrieval" / "codes")
+    retrieval.write_report(report, RunDir(run_dir).retrieval("codes", pair_name(*(inp.name for inp in sets))))
     stats = run.model.statistics()
     trained = run.step not in (None, 0)
     order = eigenvalue_order(stats.eigenvalues.numpy()) if stats is not None and trained else None
     figures = {
         "weights_mtime": run.weights.stat().st_mtime, "step": run.step,
-        "probe_top1": probe.top1, "probe_top5": probe.top5, "probe_best_top1": probe.best_top1,
-        "probe_best_epoch": probe.best_epoch, "knn20_top1": knn[20], "knn200_top1": knn[200],
+        "probe_top1": probe["top1"], "probe_top5": probe["top5"], "probe_best_top1": probe["best_top1"],
+        "probe_best_epoch": probe["best_epoch"], "knn20_top1": knn["20"], "knn200_top1": knn["200"],
         "map_at_100": {str(rec["dim"]): rec["codes"]["map"] for rec in report["lengths"]},
         "random_subset_map": {str(rec["dim"]): rec["random_subset"]["map_mean"] for rec in report["lengths"]},
         "random_subset_map_std": {str(rec["dim"]): rec["random_subset"]["map_std"] for rec in report["lengths"]},
@@ -255,8 +249,8 @@ def _train_seconds(run_dir: Path) -> float:
     """
     from eigenmap.config import load_config
 
-    batch = load_config(run_dir / "config.yaml").derived.global_batch_size
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    batch = load_config(RunDir(run_dir).config).derived.global_batch_size
+    rows = RunDir(run_dir).read_metrics()
     total, previous = 0.0, 0
     for row in sorted(rows, key=lambda r: r["step"]):
         total += (row["step"] - previous) * batch / row["images_per_sec"]
@@ -313,7 +307,7 @@ def results_markdown(results: dict, command: str) -> str:
               "shares the query's label, and a length-m code is the first m outputs, re-normalised. The "
               "eigenvalue order is Spearman's correlation between output index and the L2-BatchNorm eigenvalue "
               "estimate (-1: strictly decreasing). Per-method JSON: the `--json` file and "
-              "`RUN/eval/quality.json`; per-length retrieval reports: `RUN/eval/retrieval/codes/`. Train time is "
+              "`RUN/eval/quality.json`; per-length retrieval reports: `RUN/eval/retrieval/codes/train--val/`. Train time is "
               "the sum of the logged step times (images / images per second of each logging interval).", ""]
     return "\n".join(lines)
 
@@ -327,10 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_quality", help="data, runs and figures")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides for every method on top of the recipe (a changed benchmark: say so)")
-    p.add_argument("--results-md", type=Path, default=ROOT / "docs" / "results.md",
-                   help="the markdown results page (default docs/results.md)")
+    p.add_argument("--results-md", type=Path, default=None,
+                   help="the markdown results page (default OUT/results.md; the project's docs/results.md is "
+                        "written with --results-md docs/results.md)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = p.parse_args(argv)
+    args.results_md = args.results_md or args.out / "results.md"
     if not args.data.is_dir():
         p.error(f"--data '{args.data}' does not exist; pass an ImageFolder with train/ and val/")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -366,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{method}] probe top-1 {m['probe_top1']:.2f}, kNN-20 {m['knn20_top1']:.2f}, mAP@100 "
               f"{m['map_at_100'][str(m['code_length'])]:.3f} (1/16: {m['map_at_100'].get(str(m['code_length'] // 16))})",
               flush=True)
-    results["probe_epochs"] = load_config(out_runs / args.methods[0] / "config.yaml").eval.probe_epochs
+    results["probe_epochs"] = load_config(RunDir(out_runs / args.methods[0]).config).eval.probe_epochs
     command = "python tools/bench_quality.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,9 @@ A feature folder holds
   normalisation psi / sqrt(running mean square) (optionally times sqrt(eigenvalue)); other
   objectives store the raw projector output;
 - ``labels.npy``: [N] int64, in dataset order;
-- ``features.json``: the sidecar (run, weights and their step, dataset file and its size,
-  shapes, device, precision, seconds). It is written last: a folder without it is incomplete.
+- ``features.json``: the sidecar (run, weights and their step, dataset file with its size and
+  the sha256 of its contents, shapes, device, precision, seconds). It is written last: a folder
+  without it is incomplete, and an interrupted extraction removes its partial folder.
 
 The arrays are written as they are extracted (``.npy`` memory maps), never held whole in RAM,
 so ImageNet's 1.28 M x 8,192 codes (42 GB) only need the disk. With several workers (each its
@@ -36,6 +37,8 @@ from eigenmap import dist
 from eigenmap.config import Config
 from eigenmap.data import build_eval_loader, read_manifest
 from eigenmap.models import EigenmapModel
+from eigenmap.progress import Progress
+from eigenmap.run_layout import RunDir
 
 __all__ = ["FeatureSet", "FeatureError", "extract_features", "load_features", "feature_folder", "matches", "SIDECAR"]
 
@@ -53,16 +56,16 @@ class FeatureSet:
     """Arrays of one dataset through one model (read-only memory maps) and their sidecar."""
 
     folder: Path
-    features: np.ndarray  # [N, F] float32
-    codes: np.ndarray  # [N, k] float32
-    labels: np.ndarray  # [N] int64
+    features: Optional[np.ndarray]  # [N, F] float32 (None: a folder of arrays without them)
+    codes: Optional[np.ndarray]  # [N, k] float32 (likewise)
+    labels: np.ndarray  # [N] int64, or [N, C] 0/1 flags of a multi-label set
     meta: dict
 
 
 def feature_folder(run_dir: Union[str, Path], data_path: Union[str, Path], *, scale_by_eigenvalue: bool = False) -> Path:
     """Where a run keeps the arrays of one dataset: ``RUN/eval/features/<file stem>[-eigscaled]``."""
     stem = Path(data_path).name.removesuffix(".beton")
-    return Path(run_dir) / "eval" / "features" / (stem + ("-eigscaled" if scale_by_eigenvalue else ""))
+    return RunDir(run_dir).features(stem + ("-eigscaled" if scale_by_eigenvalue else ""))
 
 
 def load_features(folder: Union[str, Path]) -> FeatureSet:
@@ -90,23 +93,26 @@ def load_features(folder: Union[str, Path]) -> FeatureSet:
     return FeatureSet(folder, arrays["features"], arrays["codes"], arrays["labels"], meta)
 
 
+def _file_identity(path: Path) -> dict:
+    """Name, size and modification time of a file (what says it was not replaced since)."""
+    stat = path.stat()
+    return {"path": str(path), "bytes": stat.st_size, "mtime": stat.st_mtime}
+
+
 def _dataset_identity(data_path: Path) -> dict:
-    stat = data_path.stat()
-    return {"path": str(data_path), "bytes": stat.st_size, "mtime": stat.st_mtime}
-
-
-def _weights_identity(weights: Path) -> dict:
-    stat = weights.stat()
-    return {"path": str(weights), "bytes": stat.st_size, "mtime": stat.st_mtime}
+    """The file's identity and the sha256 of its contents, from the manifest ``eigenmap prepare``
+    wrote (None for a manifest from before checksums were recorded)."""
+    return {**_file_identity(data_path), "sha256": read_manifest(data_path).get("sha256")}
 
 
 def matches(meta: dict, *, data_path: Path, weights: Path, scale_by_eigenvalue: bool, resolution: int) -> bool:
-    """Whether a sidecar describes these weights on this dataset file, as asked."""
-    return (meta.get("dataset", {}).get("bytes") == _dataset_identity(data_path)["bytes"]
-            and meta.get("dataset", {}).get("mtime") == _dataset_identity(data_path)["mtime"]
-            and meta.get("weights") == _weights_identity(weights)
-            and meta.get("scale_by_eigenvalue") == scale_by_eigenvalue
-            and meta.get("resolution") == resolution)
+    """Whether a sidecar describes these weights on this dataset file's contents, as asked."""
+    saved, now = meta.get("dataset", {}), _dataset_identity(data_path)
+    # the contents' checksum when both sides know it (a copy or a move keeps it), else the file
+    same_data = (saved["sha256"] == now["sha256"] if saved.get("sha256") and now["sha256"]
+                 else all(saved.get(key) == now[key] for key in ("bytes", "mtime")))
+    return (same_data and meta.get("weights") == _file_identity(weights)
+            and meta.get("scale_by_eigenvalue") == scale_by_eigenvalue and meta.get("resolution") == resolution)
 
 
 @torch.no_grad()
@@ -147,6 +153,21 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
         for name, width in ((FEATURES, feat_dim), (CODES, k)):
             np.lib.format.open_memmap(tmp / name, mode="w+", dtype=np.float32, shape=(n, width)).flush()
     dist.barrier()
+    try:
+        return _fill(model, cfg, loader, manifest, data_path, tmp, folder, weights=weights, step=step,
+                     device=device, scale_by_eigenvalue=scale_by_eigenvalue, progress=progress)
+    except BaseException:  # Ctrl-C or a failure: no partial arrays are left behind
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fill(model: EigenmapModel, cfg: Config, loader, manifest: dict, data_path: Path, tmp: Path, folder: Path, *,
+          weights, step, device: torch.device, scale_by_eigenvalue: bool, progress: bool) -> Optional[FeatureSet]:
+    """Write this rank's rows of ``tmp``'s arrays; rank 0 then adds the labels and the sidecar
+    and renames ``tmp`` to ``folder`` (see :func:`extract_features`)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n, feat_dim, k = loader.num_samples, model.feat_dim, cfg.model.projector_out_dim
     features = np.load(tmp / FEATURES, mmap_mode="r+")
     codes = np.load(tmp / CODES, mmap_mode="r+")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
@@ -154,17 +175,14 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
     labels = []
     started = time.perf_counter()
     first_batch_at = None  # (wall, process CPU) seconds when the first batch came
-    bar = _progress(len(loader), f"features {data_path.name}") if progress and rank == 0 else None
+    bar = Progress(len(loader), f"features of {data_path.name}") if progress and rank == 0 else None
     for images, batch_labels in loader:
         if first_batch_at is None:
             # FFCV compiles its pipeline (numba) when the first batch is asked for: a fixed start
             # that a large dataset amortises, kept apart from the rate the loader sustains
             first_batch_at = (time.perf_counter(), time.process_time())
         with autocast:
-            feats = model.backbone(images)
-            z = model.projector(feats)
-        z = z.float()
-        c = model.l2bn.inference(z, scale_by_eigenvalue) if model.l2bn is not None else z
+            feats, c = model.features_and_codes(images, scale_by_eigenvalue)
         rows = slice(row, row + len(images))
         features[rows] = feats.float().cpu().numpy()
         codes[rows] = c.cpu().numpy()
@@ -186,7 +204,7 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
         return None
     np.save(tmp / LABELS, all_labels.numpy().astype(np.int64))
     meta = {
-        "format_version": 1, "weights": _weights_identity(Path(weights)), "step": step,
+        "format_version": 2, "weights": _file_identity(Path(weights)), "step": step,
         "dataset": {**_dataset_identity(data_path), "num_images": n, "classes": manifest["classes"]},
         "scale_by_eigenvalue": scale_by_eigenvalue, "resolution": cfg.data.resolution,
         "eval_resize": cfg.data.eval_resize, "arch": cfg.model.arch, "loss": cfg.loss.name,
@@ -218,9 +236,3 @@ def _steady_rate(started: float, first_batch_at: Optional[tuple[float, float]], 
     return {"first_batch_seconds": first_batch_at[0] - started,
             "steady_images_per_second": rows / wall if wall > 0 else None,
             "steady_cpu_ms_per_image": 1000 * cpu / rows}
-
-
-def _progress(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, mininterval=1.0)

@@ -76,8 +76,19 @@ class EigenmapModel(nn.Module):
         Uses the running statistics (call in eval mode); other objectives return the raw
         projector output.
         """
-        z = self.projector(self.backbone(x))
-        return self.l2bn.inference(z, scale_by_eigenvalue) if self.l2bn is not None else z
+        return self.features_and_codes(x, scale_by_eigenvalue)[1]
+
+    @torch.no_grad()
+    def features_and_codes(self, x: torch.Tensor, scale_by_eigenvalue: bool = False
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, 3, H, W] -> encoder features [N, F] and codes [N, k] (float32) of one forward.
+
+        The codes are :meth:`codes`' (running statistics: call in eval mode); under autocast the
+        features keep its dtype, the codes are normalised in float32.
+        """
+        feats = self.backbone(x)
+        z = self.projector(feats).float()
+        return feats, (self.l2bn.inference(z, scale_by_eigenvalue) if self.l2bn is not None else z)
 
 
 def build_model(cfg: Config) -> EigenmapModel:

@@ -44,7 +44,7 @@ def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tm
     assert json.loads((out / "data" / "folder-train.beton.json").read_text())["max_resolution"] == 256
     assert f"The training batch is lowered to {written[0] // 2} per worker" in statement, statement
     assert f"mAP@{written[0]}, not mAP@100" in statement, statement
-    retrieval = json.loads((out / "run" / "eval" / "retrieval" / "codes" / "retrieval.json").read_text())
+    retrieval = json.loads((out / "run" / "eval" / "retrieval" / "codes" / "folder-train--folder-val" / "retrieval.json").read_text())
     assert retrieval["R"] == written[0]  # capped at the database size, not failed
     report_dir = out / "run" / "report"
     report = (report_dir / "report.md").read_text()

@@ -64,7 +64,7 @@ def test_extract_probe_and_retrieve_write_every_figure(trained_run, small_beton,
                       "--json", str(tmp_path / "probe.json"))
     assert probed.returncode == 0, probed.stderr[-3000:]
     assert (folder / "codes.npy").stat().st_mtime_ns == written, "the cached train arrays were extracted again"
-    figures = json.loads((trained_run / "eval" / "probe.json").read_text())
+    figures = json.loads((trained_run / "eval" / "probe" / "train--val" / "probe.json").read_text())
     assert figures == json.loads((tmp_path / "probe.json").read_text())
     probe = figures["linear_probe"]
     assert probe["epochs"] == 3 and len(probe["history"]) == 3 and probe["batch_size"] == 32
@@ -79,7 +79,7 @@ def test_extract_probe_and_retrieve_write_every_figure(trained_run, small_beton,
     retrieved = eigenmap("retrieve", str(trained_run), "--database", str(small_beton), "--queries",
                          str(small_val_beton), "--R", "20", "--repeats", "1", "--json", str(tmp_path / "r.json"))
     assert retrieved.returncode == 0, retrieved.stderr[-3000:]
-    out = trained_run / "eval" / "retrieval" / "codes"
+    out = trained_run / "eval" / "retrieval" / "codes" / "train--val"
     assert {p.name for p in out.iterdir()} >= {"retrieval.json", "retrieval.md", "retrieval_map.png",
                                                 "retrieval_qps.png"}
     report = json.loads((out / "retrieval.json").read_text())
@@ -113,7 +113,7 @@ def test_retrieval_and_probe_refuse_sets_whose_labels_index_different_classes(tr
     shutil.copytree(tmp_path / "val", other)
     meta = json.loads((other / "features.json").read_text())
     dropped = meta["dataset"]["classes"].pop(0)
-    meta["dataset"].update(path=str(tmp_path / "other.beton"), mtime=meta["dataset"]["mtime"] + 1)  # another file
+    meta["dataset"].update(path=str(tmp_path / "other.beton"), sha256="0" * 64)  # another file's contents
     (other / "features.json").write_text(json.dumps(meta))
     for command in (["retrieve", "--database", str(tmp_path / "val"), "--queries", str(other), "--R", "10",
                      "--out", str(tmp_path / "report")],
