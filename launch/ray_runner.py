@@ -189,7 +189,7 @@ def run_on_ray(cfg: Config, *, allow_config_change: bool = False) -> dict[str, A
     we_started = init_ray(cfg)
     try:
         # installed after ray.init, which sets its own SIGTERM handler in the driver (sys.exit)
-        with forward_sigterm_to_run(run_dir):
+        with forward_sigterm_to_run(run.path):
             error = _fit(_trainer(cfg, allow_config_change, launch_id))
     finally:
         if we_started:

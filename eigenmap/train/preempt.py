@@ -24,7 +24,6 @@ import contextlib
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import Iterator, Union
 
 from eigenmap.run_layout import RunDir
