@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
 
         write_run_report(run_dir)
     demo["total_seconds"] = time.perf_counter() - started
-    demo["report"] = str((run_dir / "report" / "report.md").resolve())
+    demo["report"] = str((RunDir(run_dir).report / "report.md").resolve())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(demo, indent=1) + "\n")

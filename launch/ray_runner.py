@@ -41,7 +41,7 @@ __all__ = ["run_on_ray", "init_ray", "embedded_trainer_class", "quiet_ray_train_
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR_NAME = "checkpoints"
+CHECKPOINTS_DIR_NAME = RunDir("").checkpoints.name  # Ray Train's run name: its folder in the run directory
 
 
 class RayCheckpointStore:
@@ -55,7 +55,7 @@ class RayCheckpointStore:
     """
 
     def __init__(self, run_dir: Path):
-        self.root = Path(run_dir) / CHECKPOINTS_DIR_NAME
+        self.root = RunDir(run_dir).checkpoints
 
     @contextlib.contextmanager
     def latest(self) -> Iterator[Optional[Path]]:

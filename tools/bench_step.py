@@ -62,6 +62,7 @@ import torch  # noqa: E402
 
 from eigenmap.config import Config, from_dict, to_dict  # noqa: E402
 from eigenmap.host_memory import keep_freed_memory  # noqa: E402
+from eigenmap.run_layout import RunDir  # noqa: E402
 from eigenmap.train.checks import prepare_train_config  # noqa: E402
 
 
@@ -205,7 +206,7 @@ def worker_loop(cfg: Config, args: argparse.Namespace) -> dict:
 
 def _window_rates(cfg: Config, args: argparse.Namespace) -> list[float]:
     """Per-window total images/s from the run's metrics.jsonl, warm-up windows dropped."""
-    path = Path(cfg.train.run_dir) / "metrics.jsonl"
+    path = RunDir(cfg.train.run_dir).metrics
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
     return [r["images_per_sec"] for r in rows if r["step"] > args.warmup]
 
