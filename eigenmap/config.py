@@ -75,8 +75,8 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: Literal["neuralef", "simclr", "barlow_twins", "spectral_contrastive"] = _f(
-        "neuralef", "training objective"
+    name: Literal["neuralef", "simclr", "barlow_twins", "spectral_contrastive", "matryoshka"] = _f(
+        "neuralef", "training objective (matryoshka: SimCLR's NT-Xent summed over nested prefixes of the outputs)"
     )
     alpha: float = _f(
         0.0025, "NeuralEF reg weight: 0.0025 for k=8192, 0.005 for k=4096, 0.01 for k=2048", ge=0.0
@@ -96,7 +96,14 @@ class LossConfig:
     ema_momentum: float = _f(
         0.99, "momentum of the L2-BatchNorm running mean square and eigenvalues", ge=0.0, lt=1.0
     )
-    temperature: float = _f(0.1, "SimCLR NT-Xent temperature", gt=0.0)
+    temperature: float = _f(0.1, "NT-Xent temperature of simclr and of every matryoshka prefix", gt=0.0)
+    matryoshka_lengths: Optional[tuple[int, ...]] = _f(
+        None, "matryoshka: the nested prefix lengths m, strictly increasing, at most model.projector_out_dim (k); "
+              "null = the powers of two from 8 below k, and k (the paper's {8, 16, ..., k})"
+    )
+    matryoshka_weights: Optional[tuple[float, ...]] = _f(
+        None, "matryoshka: the positive weight c_m of each prefix's loss, one per length; null = 1 each (the paper's)"
+    )
     barlow_lambda: float = _f(0.0051, "Barlow Twins off-diagonal weight", ge=0.0)
     spectral_mu: float = _f(
         1.0, "spectral contrastive: projections of norm >= sqrt(mu) are scaled to that norm (the authors' mu)", gt=0.0
@@ -104,6 +111,36 @@ class LossConfig:
     gather_distributed: bool = _f(
         True, "compute the loss on outputs gathered from all workers (autograd-aware)"
     )
+
+    def nested_lengths(self, k: int) -> tuple[int, ...]:
+        """The Matryoshka prefix lengths for k outputs: ``matryoshka_lengths``, or by default the
+        powers of two 8, 16, ... below k followed by k itself (just k when k <= 8)."""
+        if self.matryoshka_lengths is not None:
+            return self.matryoshka_lengths
+        return tuple(2**i for i in range(3, k.bit_length()) if 2**i < k) + (k,)
+
+    def check_matryoshka(self, k: int) -> None:
+        """Raise ConfigError when the Matryoshka keys do not fit k outputs (or are set for another loss)."""
+        if self.name != "matryoshka":
+            for key in ("matryoshka_lengths", "matryoshka_weights"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"config key 'loss.{key}' applies to loss.name=matryoshka only, not "
+                                      f"{self.name!r}; leave it unset (null)")
+            return
+        lengths = self.nested_lengths(k)
+        if any(m < 1 for m in lengths) or any(a >= b for a, b in zip(lengths, lengths[1:])):
+            raise ConfigError(f"config key 'loss.matryoshka_lengths': {list(lengths)} is not a strictly increasing "
+                              "list of positive lengths; accepted: e.g. [8, 16, 32, 64]")
+        if lengths[-1] > k:
+            raise ConfigError(f"config key 'loss.matryoshka_lengths': {lengths[-1]} exceeds the k = {k} outputs "
+                              f"(model.projector_out_dim); accepted: lengths from 1 to {k}")
+        weights = self.matryoshka_weights
+        if weights is not None and len(weights) != len(lengths):
+            raise ConfigError(f"config key 'loss.matryoshka_weights': {len(weights)} weights {list(weights)} for "
+                              f"{len(lengths)} lengths {list(lengths)}; give one weight per length, or null (1 each)")
+        if weights is not None and any(w <= 0 for w in weights):
+            raise ConfigError(f"config key 'loss.matryoshka_weights': {list(weights)} has a weight <= 0; accepted: "
+                              "positive numbers (to drop a length, leave it out of loss.matryoshka_lengths)")
 
 
 @dataclass
@@ -382,6 +419,7 @@ def _check_cross_field(cfg: Config) -> None:
     if cfg.loss.alpha_ramp_start and cfg.loss.alpha_final is None:
         raise ConfigError(f"config key 'loss.alpha_ramp_start' ({cfg.loss.alpha_ramp_start}) starts a ramp, but "
                           "'loss.alpha_final' is unset; set loss.alpha_final, or leave loss.alpha_ramp_start at 0")
+    cfg.loss.check_matryoshka(cfg.model.projector_out_dim)
     if any(k < 1 for k in cfg.eval.knn_ks):
         raise ConfigError(f"config key 'eval.knn_ks': {list(cfg.eval.knn_ks)} has a count below 1; accepted: counts >= 1")
     d = cfg.data

@@ -10,13 +10,15 @@ differs:
   simclr                SimCLR (NT-Xent)
   barlow_twins          Barlow Twins
   spectral_contrastive  spectral contrastive loss
+  matryoshka            Matryoshka (MRL): SimCLR's NT-Xent summed over the prefixes 8, 16, ..., k
   random_init           the same encoder and projector, untrained
 
 and is evaluated the same way on the held-out set: linear probe on cached centre-crop features
 (eval.* defaults), weighted kNN top-1 (k = 20 and 200), mAP@100 of the codes (database: the
-training set, queries: the validation set) at full length and at 1/2 ... 1/64 of it, against a
-random subset of dimensions and PCA at each length, and the eigenvalue ordering (Spearman
-correlation between output index and eigenvalue estimate: -1 = perfectly ordered). Training
+training set, queries: the validation set) at full length and at 1/2 ... 1/64 of it, every
+method's prefix against a random subset of its dimensions and PCA of its codes at each length,
+and the eigenvalue ordering (Spearman correlation between output index and eigenvalue estimate:
+-1 = perfectly ordered). Training
 runs the worker loop as one plain process (``python -m eigenmap.train.worker``; no Ray); its
 time is the sum of the logged step times (metrics.jsonl), so a resumed run counts each step once.
 
@@ -70,6 +72,8 @@ METHODS = {
     "simclr": ["loss.name=simclr", "loss.temperature=0.1"],
     "barlow_twins": ["loss.name=barlow_twins", "loss.barlow_lambda=0.0051"],
     "spectral_contrastive": ["loss.name=spectral_contrastive"],
+    # SimCLR's recipe on every nested prefix (loss.matryoshka_lengths null: 8, 16, ..., k), equal weights
+    "matryoshka": ["loss.name=matryoshka", "loss.temperature=0.1"],
     "random_init": ["loss.name=neuralef", "loss.alpha=0.01"],
 }
 FRACTIONS = (1, 2, 4, 8, 16, 32, 64)  # code length k / f
@@ -291,15 +295,19 @@ def results_markdown(results: dict, command: str) -> str:
         minutes = f"{m['train_seconds'] / 60:.1f} min" if m["train_seconds"] else "untrained"
         lines.append(f"| {name} | {m['probe_top1']:.1f} | {m['probe_top5']:.1f} | {m['knn20_top1']:.1f} | "
                      f"{m['knn200_top1']:.1f} | {maps} | {order} | {minutes} |")
-    lines += ["", "Short codes against the baselines at the same length (mAP@100; random subset: mean of 5 "
-              "seeded draws):", "",
-              "| method | length | codes (prefix) | random subset | PCA |", "|---|---:|---:|---:|---:|"]
-    for name in ("neuralef_stopgrad", "neuralef"):
-        if name in methods:
-            m = methods[name]
-            for d in dims[1:]:
-                lines.append(f"| {name} | {d} | {m['map_at_100'][str(d)]:.3f} | "
-                             f"{m['random_subset_map'][str(d)]:.3f} | {m['pca_map'][str(d)]:.3f} |")
+    lines += ["", "Short codes at each length: every method's prefix against a random subset of its own "
+              "dimensions (mean of 5 seeded draws) and PCA of its own codes to the same length (mAP@100). "
+              "The rank orders the methods' prefixes at that length (1: the best); prefix - PCA > 0 means "
+              "cutting the code beats re-projecting it:", "",
+              "| method | length | codes (prefix) | random subset | PCA | prefix - PCA | rank of the prefix |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for d in dims[1:]:
+        prefix = {name: m["map_at_100"][str(d)] for name, m in methods.items()}
+        ranked = sorted(prefix, key=prefix.get, reverse=True)
+        for name, m in methods.items():
+            lines.append(f"| {name} | {d} | {prefix[name]:.3f} | {m['random_subset_map'][str(d)]:.3f} | "
+                         f"{m['pca_map'][str(d)]:.3f} | {prefix[name] - m['pca_map'][str(d)]:+.3f} | "
+                         f"{ranked.index(name) + 1} of {len(ranked)} |")
     lines += ["", "How to read it: probe top-1/top-5 are after the final probe epoch on the validation set "
               "(features standardised with the training set's statistics, SGD, cosine, "
               f"{results['probe_epochs']} epochs); kNN is weighted (cosine, T = 0.07); mAP@100 uses the "

@@ -1,4 +1,4 @@
-"""Self-supervised objectives: NeuralEF and the baselines it is compared with.
+"""Self-supervised objectives: NeuralEF and the baselines it is compared with, Matryoshka among them.
 
 Each loss is a pure function plus a thin :class:`Objective` module returning :class:`LossTerms`;
 modules gather the outputs of all workers only when built with ``gather_distributed=True``.
@@ -12,6 +12,7 @@ from eigenmap.config import LossConfig
 from eigenmap.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from eigenmap.losses.common import LossTerms, Objective, gather_pair
 from eigenmap.losses.l2bn import EigenStatistics, L2BatchNorm, batch_statistics, l2_batchnorm
+from eigenmap.losses.matryoshka import MatryoshkaLoss, matryoshka_loss
 from eigenmap.losses.neuralef import NeuralEFLoss, neuralef_loss, neuralef_terms
 from eigenmap.losses.simclr import NTXentLoss, nt_xent_loss
 from eigenmap.losses.spectral_contrastive import SpectralContrastiveLoss, spectral_contrastive_loss
@@ -23,6 +24,7 @@ __all__ = [
     "nt_xent_loss", "NTXentLoss",
     "barlow_twins_loss", "BarlowTwinsLoss",
     "spectral_contrastive_loss", "SpectralContrastiveLoss",
+    "matryoshka_loss", "MatryoshkaLoss",
 ]
 
 _BUILDERS = {
@@ -34,11 +36,20 @@ _BUILDERS = {
         lambda_offdiag=c.barlow_lambda, gather_distributed=c.gather_distributed),
     "spectral_contrastive": lambda c, k: SpectralContrastiveLoss(mu=c.spectral_mu,
                                                                gather_distributed=c.gather_distributed),
+    "matryoshka": lambda c, k: MatryoshkaLoss(
+        c.nested_lengths(k), weights=c.matryoshka_weights, temperature=c.temperature,
+        gather_distributed=c.gather_distributed),
 }
 
 
 def build_loss(cfg: LossConfig, k: int) -> Objective:
-    """The objective named by ``cfg.name`` for k-dim outputs; ``forward(z1, z2) -> LossTerms``."""
+    """The objective named by ``cfg.name`` for k-dim outputs; ``forward(z1, z2) -> LossTerms``.
+
+    Raises:
+        ValueError: an unknown name; ConfigError: loss keys that do not fit k (e.g. a Matryoshka
+            length above k), for a LossConfig built without the whole Config's checks.
+    """
     if cfg.name not in _BUILDERS:
         raise ValueError(f"unknown loss {cfg.name!r}; accepted: {', '.join(_BUILDERS)}")
+    cfg.check_matryoshka(k)
     return _BUILDERS[cfg.name](cfg, k)

@@ -61,7 +61,7 @@ def test_bench_quality_trains_evaluates_and_resumes(tiny_imagefolder, tmp_path):
     assert "training:" not in again.stdout  # finished runs and their evaluations are reused
     assert json.loads(figures.read_text())["methods"] == data["methods"]
     page = (tmp_path / "results.md").read_text()  # a part of the comparison names what it left out
-    assert "Methods not run in this comparison: neuralef, simclr, barlow_twins, spectral_contrastive." in page
+    assert "Methods not run in this comparison: neuralef, simclr, barlow_twins, spectral_contrastive, matryoshka." in page
     assert "| neuralef_stopgrad |" in page and "| random_init |" in page
     assert " ".join(cmd[-5:]) + "`" in page  # the page names what each method ran with, --set included
     changed = [*cmd, "loss.alpha=0.5"]  # a finished run of other settings is not reported as this one
@@ -113,11 +113,15 @@ def test_the_results_page_holds_every_method_and_the_command():
     results = {"data": "DATA", "train_images": 100, "val_images": 50, "epochs": 15, "probe_epochs": 100,
                "methods": {name: dict(method, overrides=bench.METHODS[name]) for name in bench.METHODS}}
     results["methods"]["random_init"].update(eigenvalue_spearman=None, train_seconds=0.0)
+    results["methods"]["matryoshka"]["map_at_100"] = dict.fromkeys(lengths, 0.4)
     page = bench.results_markdown(results, "python tools/bench_quality.py --json F")
     assert "python tools/bench_quality.py --json F" in page
     for name in bench.METHODS:
         assert f"| {name} | 45.0 | 90.0 | 41.0 | 40.0 |" in page, name
-    assert "| neuralef_stopgrad | 64 | 0.300 | 0.200 | 0.250 |" in page and "untrained" in page
+        if name != "matryoshka":  # every method's prefix against its random subset and PCA at each length
+            assert all(f"| {name} | {d} | 0.300 | 0.200 | 0.250 | +0.050 |" in page for d in lengths[:-1]), name
+    assert f"| matryoshka | 64 | 0.400 | 0.200 | 0.250 | +0.150 | 1 of {len(bench.METHODS)} |" in page
+    assert "untrained" in page
     assert "not run" not in page
 
 
