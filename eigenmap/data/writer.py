@@ -40,8 +40,8 @@ import numpy as np
 
 from eigenmap.durable import folder_lock, fsync_dir, fsync_file, sha256_of
 
-from .manifest import MANIFEST_VERSION, manifest_path, write_manifest
 from .list_source import ListSource
+from .manifest import MANIFEST_VERSION, manifest_path, write_manifest
 from .sources import IdxSource, open_source
 
 __all__ = ["WriterError", "write_beton", "WRITE_MODES"]

@@ -137,7 +137,7 @@ def composite_list(imagenette_dir, tmp_path_factory) -> dict:
     bad = {}
     for at, line, word in ((4, "images/train_0001.jpg 0 1 0", "3 label flags"),
                            (9, f"images/nothere.jpg {flags_10}", "unreadable"),
-                           (13, f"images/train_0002.jpg 0 1 0 0 2 0 0 0 0 1", "is not 0 or 1"),
+                           (13, "images/train_0002.jpg 0 1 0 0 2 0 0 0 0 1", "is not 0 or 1"),
                            (20, "images/train_0003.jpg", "no labels"),
                            (31, f"images/truncated.jpg {flags_10}", "truncated")):
         lines.insert(at - 1, line)
