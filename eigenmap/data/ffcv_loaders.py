@@ -34,7 +34,7 @@ import torch
 from .ffcv_compat import KeepTorchThreads, add_seed_column, caller_order, numba_threads, stop_epoch
 from .sharding import eval_shard, steps_per_epoch, train_shard
 
-__all__ = ["build_train_loader", "build_eval_loader", "TwoViewLoader", "EvalLoader", "sample_seeds"]
+__all__ = ["build_train_loader", "build_eval_loader", "TwoViewLoader", "EvalLoader", "sample_seeds", "label_shape"]
 
 
 def _check_beton(path: Union[str, os.PathLike]) -> Path:
@@ -140,11 +140,29 @@ def sample_seeds(num_samples: int, *, seed: int, epoch: int) -> np.ndarray:
     return z >> np.uint64(32)
 
 
-def _label_pipeline(device: torch.device) -> list:
+def label_shape(reader) -> Tuple[int, ...]:
+    """The shape of one sample's label in a ``.beton``: ``()`` for a class index (an FFCV
+    ``IntField``), ``(C,)`` for a multi-hot row (an ``NDArrayField`` of uint8, what
+    ``eigenmap prepare --list`` writes for a multi-label list).
+
+    Args:
+        reader: the file's ``ffcv.reader.Reader``.
+    """
+    from ffcv.fields import NDArrayField
+
+    handler = reader.handlers.get("label")
+    if isinstance(handler, NDArrayField):
+        return tuple(int(c) for c in handler.shape)
+    return ()
+
+
+def _label_pipeline(reader, device: torch.device) -> list:
+    """int64 ``[B]`` class indices, or uint8 ``[B, C]`` multi-hot rows, as the file stores them."""
     from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.ndarray import NDArrayDecoder
     from ffcv.transforms import Squeeze, ToDevice, ToTensor
 
-    ops = [IntDecoder(), ToTensor(), Squeeze(1)]
+    ops = [NDArrayDecoder(), ToTensor()] if label_shape(reader) else [IntDecoder(), ToTensor(), Squeeze(1)]
     if device.type == "cuda":
         ops.append(ToDevice(device, non_blocking=True))
     return ops
@@ -154,8 +172,9 @@ class TwoViewLoader:
     """Iterates ``(view1, view2, labels)`` for one worker's shard of one epoch.
 
     ``view1``/``view2``: uint8 ``[B, 3, H, W]`` (channels-last strides, views into one
-    ``[B, 2, H, W, 3]`` buffer), randomly resized-cropped and flipped; ``labels``: int64 ``[B]``;
-    all on ``device``. The views live in FFCV's rotating buffers: use (or copy) them before
+    ``[B, 2, H, W, 3]`` buffer), randomly resized-cropped and flipped; ``labels``: int64 ``[B]``
+    (uint8 ``[B, C]`` multi-hot rows from a multi-label file, see :attr:`label_shape`); all on
+    ``device``. The views live in FFCV's rotating buffers: use (or copy) them before
     drawing the next batch (:class:`~eigenmap.data.augment.BatchAugment` makes new tensors);
     the labels are a copy.
 
@@ -176,7 +195,9 @@ class TwoViewLoader:
             from ffcv.transforms import ToDevice, ToTensor
 
         path = _check_beton(path)
-        self.num_samples = int(Reader(str(path)).num_samples)
+        reader = Reader(str(path))
+        self.num_samples = int(reader.num_samples)
+        self.label_shape = label_shape(reader)  # () class indices, (C,) multi-hot rows
         self.data_cfg = data_cfg
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.batch_size = data_cfg.batch_size_per_worker
@@ -208,7 +229,7 @@ class TwoViewLoader:
                 os_cache=data_cfg.os_cache,
                 order=caller_order(self._order),
                 pipelines={"image": PipelineSpec("image", decoder=decoder, transforms=image_ops),
-                           "label": _label_pipeline(self.device)},
+                           "label": _label_pipeline(reader, self.device)},
                 drop_last=False,  # whole batches already: train_shard drops the remainder
                 batches_ahead=2,
             )
@@ -272,7 +293,8 @@ def build_train_loader(data_cfg, path: Union[str, os.PathLike], *, rank: int, wo
 
     Returns:
         A :class:`TwoViewLoader` yielding ``(view1 [B,3,H,W] uint8, view2 [B,3,H,W] uint8,
-        labels [B] int64)`` with ``H = W = data_cfg.resolution``.
+        labels [B] int64)`` with ``H = W = data_cfg.resolution`` (labels uint8 ``[B, C]`` from a
+        multi-label file).
     """
     return TwoViewLoader(data_cfg, path, rank=rank, world_size=world_size, seed=seed,
                          epoch=epoch, start_step=start_step, device=device)
@@ -309,7 +331,8 @@ def normalise_uint8(images: torch.Tensor, mean_row: torch.Tensor, inv_std_row: t
 
 
 class EvalLoader:
-    """Iterates ``(images, labels)``: float32 normalised ``[B, 3, R, R]`` channels_last, int64 ``[B]``.
+    """Iterates ``(images, labels)``: float32 normalised ``[B, 3, R, R]`` channels_last, int64 ``[B]``
+    (uint8 ``[B, C]`` multi-hot rows from a multi-label file: :attr:`label_shape` is ``(C,)``).
 
     Deterministic: resize short side to ``eval_resize``, centre crop ``R = resolution``; this
     worker's contiguous block of the dataset in order (:func:`~eigenmap.data.sharding.eval_shard`),
@@ -328,7 +351,9 @@ class EvalLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size} must be >= 1")
         self.device = torch.device(device)
-        self.num_samples = int(Reader(str(path)).num_samples)
+        reader = Reader(str(path))
+        self.num_samples = int(reader.num_samples)
+        self.label_shape = label_shape(reader)  # () class indices, (C,) multi-hot rows
         self.indices = eval_shard(self.num_samples, rank=rank, world_size=world_size)
         res = data_cfg.resolution
         image_ops = [CenterCropRGBImageDecoder((res, res), ratio=res / data_cfg.eval_resize), ToTensor()]
@@ -343,7 +368,7 @@ class EvalLoader:
                 self._loader = Loader(
                     str(path), batch_size=batch_size, num_workers=numba_threads(data_cfg.loader_workers),
                     os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, indices=self.indices,
-                    pipelines={"image": image_ops, "label": _label_pipeline(self.device)},
+                    pipelines={"image": image_ops, "label": _label_pipeline(reader, self.device)},
                     drop_last=False, batches_ahead=2,
                 )
 
@@ -381,6 +406,6 @@ def build_eval_loader(data_cfg, path: Union[str, os.PathLike], *, batch_size: in
 
     Returns:
         An :class:`EvalLoader` yielding ``(images [B, 3, R, R] float32 channels_last, labels [B]
-        int64)``.
+        int64)`` (labels uint8 ``[B, C]`` from a multi-label file).
     """
     return EvalLoader(data_cfg, path, batch_size=batch_size, rank=rank, world_size=world_size, device=device)

@@ -2,16 +2,29 @@
 
 ``OUT.beton`` gets ``OUT.beton.json``. Keys (all always present):
 
-- ``classes``: class names in stable sorted order; the index in the list is the label.
-- ``counts``: ``{class name: images written}``, in label order.
+- ``classes``: class names in stable sorted order (a list file's: in flag order); the index in
+  the list is the label.
+- ``label_kind``: ``"single"`` (each image one class index, an FFCV ``IntField``) or ``"multi"``
+  (each image a multi-hot row of ``num_labels`` 0/1 flags, an FFCV ``NDArrayField`` of uint8
+  ``[C]``: list files of multi-label sets such as COCO or NUS-WIDE); absent from manifests
+  written before version 3, which are all single-label.
+- ``num_labels``: C, the number of classes (``len(classes)``); absent before version 3.
+- ``counts``: ``{class name: images written}``, in label order; multi-label: the images that
+  carry each label (a sum over labels counts an image once per label it carries).
 - ``num_images``: images in the ``.beton`` (its number of samples).
 - ``bytes``, ``sha256``: the ``.beton``'s size and checksum, so a truncated, damaged or
   replaced file is found before training (:mod:`eigenmap.data.beton_check`); absent from
   manifests written before they were recorded.
-- ``skipped``: ``[{"path": ..., "reason": ...}]``, every input file that was not written.
+- ``skipped``: ``[{"path": ..., "reason": ...}]``, every input file that was not written; from a
+  list file ``[{"path", "line", "reason"}]``, every line not written (unreadable lines and
+  missing or bad images), in line order.
 - ``max_resolution``: the ``--max-resolution`` used (longest side, px), or null for none.
-- ``source``, ``source_kind`` (``imagefolder`` or ``idx``), ``write_mode``, ``jpeg_quality``,
-  ``label_names`` (human-readable names where known, else null), ``format_version``.
+- ``source``, ``source_kind`` (``imagefolder``, ``idx`` or ``list``), ``write_mode``,
+  ``jpeg_quality``, ``label_names`` (human-readable names where known, else null),
+  ``format_version``.
+
+From a list file only: ``list_root`` (where its relative paths start) and, multi-label,
+``num_without_labels`` (written images with no flag set: no query finds them relevant).
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from eigenmap.durable import atomic_write_text
 __all__ = ["ManifestError", "manifest_path", "read_manifest", "write_manifest", "dataset_identity",
            "MANIFEST_VERSION"]
 
-MANIFEST_VERSION = 2  # 2: records the file's bytes and sha256
+MANIFEST_VERSION = 3  # 2: records the file's bytes and sha256; 3: label_kind and num_labels
 REQUIRED_KEYS = ("classes", "counts", "num_images", "skipped", "max_resolution")
 
 

@@ -421,11 +421,12 @@ def _mkstemp(directory: Path, prefix: str) -> tuple[int, str]:
 
 def open_source(src: Union[str, os.PathLike], *, split: str = "train",
                 scratch_dir: Optional[Union[str, os.PathLike]] = None) -> Union[ImageFolderSource, IdxSource]:
-    """Open an ImageFolder tree or IDX files.
+    """Open an ImageFolder tree, IDX files, or a list file.
 
     Args:
         src: an ImageFolder root; a folder holding ``<split>-images-idx3-ubyte[.gz]`` and its
-            labels file; or an ``*-images-idx3-ubyte[.gz]`` file itself.
+            labels file; an ``*-images-idx3-ubyte[.gz]`` file itself; or a spec that opens
+            itself, such as :class:`eigenmap.data.list_source.ListSpec` (an image list file).
         split: which IDX pair to take from a folder (``train`` or ``t10k``); ignored otherwise.
         scratch_dir: where an IDX source decompresses its images (default: beside ``src``'s
             output, passed by the writer); the caller closes the source to remove it.
@@ -433,6 +434,8 @@ def open_source(src: Union[str, os.PathLike], *, split: str = "train",
     Raises:
         SourceError: missing, empty, or unrecognised source, with the path and what is accepted.
     """
+    if hasattr(src, "open_source"):  # e.g. a ListSpec; that module imports this one, so no import here
+        return src.open_source()
     path = Path(src)
     if not path.exists():
         raise SourceError(f"source '{path}' does not exist (pass an ImageFolder root or Fashion-MNIST IDX files)")

@@ -40,6 +40,7 @@ import numpy as np
 
 from eigenmap.durable import folder_lock, fsync_dir, fsync_file, sha256_of
 
+from .list_source import ListSource
 from .manifest import MANIFEST_VERSION, manifest_path, write_manifest
 from .sources import IdxSource, open_source
 
@@ -171,7 +172,8 @@ class _WriterDataset:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             _limit_cv2_threads()
-        label = int(self.source.labels[index])
+        labels = self.source.labels  # [N] class indices, or [N, C] multi-hot rows
+        label = int(labels[index]) if labels.ndim == 1 else np.ascontiguousarray(labels[index])
         try:
             image = self.source.load(index)
         except Exception as e:  # noqa: BLE001 - any failure is recorded, the write rejected
@@ -343,7 +345,8 @@ def write_beton(
     """Write ``src`` to the FFCV file ``out`` and its manifest ``out + '.json'``.
 
     Args:
-        src: an ImageFolder root, or Fashion-MNIST/MNIST IDX files (a folder or the images file).
+        src: an ImageFolder root, Fashion-MNIST/MNIST IDX files (a folder or the images file),
+            or an image list file as a :class:`~eigenmap.data.list_source.ListSpec`.
         out: the ``.beton`` to create.
         max_resolution: shrink images whose longest side exceeds this (px); None keeps sizes.
         jpeg_quality: JPEG quality of the stored images (``write_mode='jpg'``).
@@ -363,7 +366,7 @@ def write_beton(
     import torch
 
     threads = torch.get_num_threads()
-    from ffcv.fields import IntField, RGBImageField
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
 
     torch.set_num_threads(threads)  # importing FFCV sets it to 1
 
@@ -384,6 +387,8 @@ def write_beton(
         t0 = time.perf_counter()
         good, skipped, largest = _check_all(source, workers, max_resolution)
         skipped = [{"path": p, "reason": "not in a class folder"} for p in source.stray_files] + skipped
+        if isinstance(source, ListSource):  # unreadable lines too, each entry with its line number
+            skipped = source.with_line_numbers(good, skipped)
         good_indices = np.flatnonzero(good)
         logger.info("checked %d files in %.1f s: %d good, %d skipped",
                     len(source), time.perf_counter() - t0, len(good_indices), len(skipped))
@@ -394,7 +399,9 @@ def write_beton(
         failure_dir.mkdir(exist_ok=True)
         fields = {
             "image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality),
-            "label": IntField(),
+            # multi-hot rows [C] of 0/1 as uint8: C bytes a sample
+            "label": (NDArrayField(np.dtype("uint8"), (source.labels.shape[1],)) if source.labels.ndim == 2
+                      else IntField()),
         }
         writer = _make_writer(str(tmp_beton), fields, _page_size_for(largest), min(workers, len(good_indices)))
         t1 = time.perf_counter()
@@ -409,7 +416,9 @@ def write_beton(
             )
 
         labels = np.asarray(source.labels)[good_indices]
-        counts = np.bincount(labels, minlength=len(source.classes))
+        label_kind = "multi" if labels.ndim == 2 else "single"
+        # multi-hot: images carrying each label
+        counts = labels.sum(axis=0) if label_kind == "multi" else np.bincount(labels, minlength=len(source.classes))
         for cls, c in zip(source.classes, counts):
             if c == 0:
                 logger.warning("class '%s' has no valid image; its label is kept so labels match folders", cls)
@@ -420,6 +429,9 @@ def write_beton(
             "classes": list(source.classes),
             "label_names": getattr(source, "label_names", None),
             "counts": {c: int(k) for c, k in zip(source.classes, counts)},
+            "label_kind": label_kind,
+            "num_labels": len(source.classes),
+            **(source.manifest_keys(good_indices) if isinstance(source, ListSource) else {}),
             "num_images": int(len(good_indices)),
             "skipped": skipped,
             "max_resolution": max_resolution,

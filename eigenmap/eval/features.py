@@ -6,7 +6,8 @@ A feature folder holds
 - ``codes.npy``: [N, k] float32 eigenfunction outputs with the L2-BatchNorm inference
   normalisation psi / sqrt(running mean square) (optionally times sqrt(eigenvalue)); other
   objectives store the raw projector output;
-- ``labels.npy``: [N] int64, in dataset order;
+- ``labels.npy``: [N] int64 class indices, or [N, C] uint8 multi-hot rows of 0/1 (a multi-label
+  dataset, written from a list file), in dataset order;
 - ``features.json``: the sidecar (run, weights and their step, dataset file with its size and
   the sha256 of its contents, shapes, device, precision, seconds). It is written last: a folder
   without it is incomplete, and an interrupted extraction removes its partial folder.
@@ -196,19 +197,23 @@ def _fill(model: EigenmapModel, cfg: Config, loader, manifest: dict, data_path: 
     features.flush()
     codes.flush()
     del features, codes
-    mine = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
+    multi = bool(loader.label_shape)  # multi-hot rows [C] (a multi-label list), else class indices
+    label_dtype = torch.uint8 if multi else torch.int64
+    mine = torch.cat(labels) if labels else torch.zeros((0, *loader.label_shape), dtype=label_dtype)
     all_labels = dist.gather_uneven(mine.to(device) if device.type == "cuda" else mine).cpu()
     dist.barrier()
     seconds = time.perf_counter() - started  # every shard done
     if rank != 0:
         return None
-    np.save(tmp / LABELS, all_labels.numpy().astype(np.int64))
+    np.save(tmp / LABELS, all_labels.numpy().astype(np.uint8 if multi else np.int64))
     meta = {
         "format_version": 2, "weights": _file_identity(Path(weights)), "step": step,
-        "dataset": {**_dataset_identity(data_path), "num_images": n, "classes": manifest["classes"]},
+        "dataset": {**_dataset_identity(data_path), "num_images": n, "classes": manifest["classes"],
+                    "label_kind": "multi" if multi else "single", "num_labels": len(manifest["classes"])},
         "scale_by_eigenvalue": scale_by_eigenvalue, "resolution": cfg.data.resolution,
         "eval_resize": cfg.data.eval_resize, "arch": cfg.model.arch, "loss": cfg.loss.name,
-        "shapes": {"features": [n, feat_dim], "codes": [n, k], "labels": [n]}, "dtype": "float32",
+        "shapes": {"features": [n, feat_dim], "codes": [n, k], "labels": [n, *loader.label_shape]},
+        "dtype": "float32",
         "device": str(device), "precision": "bf16" if device.type == "cuda" else "fp32", "workers": world,
         "seconds": seconds, "images_per_second": n / seconds if seconds > 0 else None,
         **_steady_rate(started, first_batch_at, loop_done, row - start_row),

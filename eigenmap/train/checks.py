@@ -56,7 +56,8 @@ def check_train_config(cfg: Config, *, check_paths: bool = True) -> None:
     Checks: combinations the schema cannot express (LARS needs whole parameters, so ZeRO
     stage 0; GPU-only settings), the training data (set, exists, not empty, whole: its size
     and FFCV header match its manifest, see :mod:`eigenmap.data.beton_check`; a manifest whose
-    class count fits the online classifier) and a run directory that is not a file.
+    class count fits the online classifier, which needs single-label data) and a run directory
+    that is not a file.
     """
     if cfg.optim.name == "lars" and cfg.dist.zero_stage > 0:
         raise ConfigError(
@@ -98,6 +99,12 @@ def _check_train_data(cfg: Config) -> None:
         manifest = _manifest_or_none(path)
     if problems:
         raise ConfigError("config key 'data.train_path': " + "; ".join(problems))
+    if manifest is not None and cfg.model.online_classifier and manifest.get("label_kind") == "multi":
+        # the monitor is single-label cross-entropy: multi-hot rows have no one class to score
+        raise ConfigError(
+            f"config key 'model.online_classifier': '{path}' is multi-label (multi-hot rows of "
+            f"{manifest.get('num_labels')} labels, its manifest says), but the online classifier is a single-label "
+            "monitor (cross-entropy); set model.online_classifier=false (the objective never reads labels)")
     if manifest is not None and cfg.model.online_classifier and len(manifest["classes"]) > cfg.model.num_classes:
         classes = len(manifest["classes"])
         raise ConfigError(
