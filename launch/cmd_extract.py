@@ -1,9 +1,10 @@
 """``eigenmap extract RUN DATA.beton``: a dataset's encoder features and codes, kept on disk.
 
 Writes ``RUN/eval/features/<name>/`` (or ``--out``): ``features.npy`` [N, F], ``codes.npy``
-[N, k], ``labels.npy`` [N] and the ``features.json`` sidecar. ``eigenmap probe`` and
-``eigenmap retrieve`` reuse them while the weights and the file are unchanged, and accept the
-folder itself in place of a ``.beton``.
+[N, k], ``labels.npy`` ([N] class indices, or [N, C] 0/1 flags of a multi-label set) and the
+``features.json`` sidecar. ``eigenmap probe`` and ``eigenmap retrieve`` reuse them while the
+weights and the file's contents are unchanged, and accept the folder itself in place of a
+``.beton``. Ctrl-C removes the partial folder (exit 130).
 """
 
 from __future__ import annotations
