@@ -116,7 +116,9 @@ def extract(run: LoadedRun, run_dir: Path, data: Path, folder: Path, args: argpa
     if args.workers > 0:
         from launch.ray_eval import extract_on_ray
 
-        return extract_on_ray(run_dir, data, folder, args)
+        return extract_on_ray(run_dir, data, folder, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                              gpus_per_worker=args.gpus_per_worker, address=args.address, batch_size=args.batch_size,
+                              scale_by_eigenvalue=args.scale_by_eigenvalue)
     return extract_features(run.model.to(device), run.config, data, folder, weights=run.weights, step=run.step,
                             batch_size=args.batch_size, device=device,
                             scale_by_eigenvalue=args.scale_by_eigenvalue)
