@@ -26,7 +26,7 @@ from eigenmap.train.checks import load_train_config
 from eigenmap.train.exit_codes import exit_code
 from eigenmap.train.preempt import INTERRUPTED
 from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP
-from eigenmap.train.run_start import INTERRUPTED_AT_START, REFUSALS, command_line, report_end, starting_run
+from eigenmap.train.run_start import OUTSIDE_TRAINING, REFUSALS, command_line, report_end, starting_run
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     except REFUSALS as e:
         print(f"eigenmap train: error: {e}", file=sys.stderr)
         return exit_code("refused")
-    except KeyboardInterrupt:  # Ctrl-C before the workers started: nothing to save
-        summary = {"status": INTERRUPTED, "message": INTERRUPTED_AT_START}
+    except KeyboardInterrupt:  # Ctrl-C while Ray starts or shuts down (run_on_ray handles the ones in training)
+        summary = {"status": INTERRUPTED, "message": OUTSIDE_TRAINING}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=1))

@@ -25,12 +25,12 @@ from eigenmap.train.resume import check_resume
 from eigenmap.train.run_lock import RunLockError, run_lock
 
 __all__ = ["REFUSALS", "starting_run", "start_sentence", "command_line", "report_end", "ABORTED",
-           "INTERRUPTED_AT_START"]
+           "OUTSIDE_TRAINING"]
 
 # what an entry point reports as "refused" (exit 2): nothing of the run was started
 REFUSALS = (ConfigError, RunLockError)
 ABORTED = "aborted at once on a second Ctrl-C: no checkpoint was written for this stop"
-INTERRUPTED_AT_START = "stopped by Ctrl-C before training started"
+OUTSIDE_TRAINING = "stopped by Ctrl-C outside training (while the run started or shut down)"
 _METRICS = "metrics.jsonl"
 
 
