@@ -10,6 +10,12 @@ APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config g++ dataset-fashion-m
 # override them: `make setup TORCH_PINS="torch==X torchvision==Y"`.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# pip's own output goes to PIP_LOG; the console gets one line per step, and the end of that log
+# when pip fails (a failed build's error is there)
+PIP_LOG := $(VENV)/pip-setup.log
+PIP_INSTALL = $(PIP) install --disable-pip-version-check --progress-bar off
+PIP_QUIET = >> $(PIP_LOG) 2>&1 || { tail -n 40 $(PIP_LOG) >&2; \
+	echo "setup: pip failed (above: the end of its output; all of it: $(PIP_LOG))" >&2; exit 1; }
 
 .PHONY: setup test demo clean-venv
 setup: $(VENV)/.installed
@@ -23,13 +29,17 @@ $(VENV)/.apt-done:
 	@mkdir -p $(VENV) && touch $@
 
 $(VENV)/bin/python:
-	python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
+	@echo "setup: creating the virtual environment $(VENV)"
+	@python3 -m venv $(VENV)
+	@$(PIP_INSTALL) --upgrade pip setuptools wheel $(PIP_QUIET)
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.apt-done $(VENV)/bin/python
-	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q -e '.[dev]'
+	@echo "setup: installing $(TORCH_PINS) (several GB on a first install: minutes; pip's progress: tail -f $(PIP_LOG))"
+	@$(PIP_INSTALL) $(TORCH_PINS) $(PIP_QUIET)
+	@echo "setup: installing neural-eigenmaps and its dependencies (FFCV and DeepSpeed build from source)"
+	@$(PIP_INSTALL) -e '.[dev]' $(PIP_QUIET)
 	@touch $@
+	@echo "setup: done ($(VENV)/bin/eigenmap)"
 
 test: setup
 	bash tools/run_tests.sh $(PYTEST_ARGS)

@@ -6,10 +6,11 @@ the run directory is locked (one run at a time; a stale lock of a dead process i
 and, when it holds a checkpoint, the resume rules apply: a changed batch, worker count, data,
 model, loss, seed, optimiser or ZeRO stage is refused unless --allow-config-change.
 
-Exit codes: 0 finished, 2 bad config or arguments (a refused resume, a run directory in use
-included), 3 stopped on a non-finite loss, 75 preempted (SIGTERM: a checkpoint was saved; run
-the same command again to resume; EX_TEMPFAIL, which schedulers read as "retry"), 1 the run
-failed (after Ray's restarts).
+Exit codes (docs/exit-codes.md): 0 finished, 1 the run failed (after Ray's restarts), 2 bad
+config or arguments (a refused resume, a run directory in use included), 3 stopped on a
+non-finite loss, 75 preempted (SIGTERM: a checkpoint was saved; EX_TEMPFAIL, which schedulers
+read as "retry"), 130 interrupted (Ctrl-C: a checkpoint was saved; a second Ctrl-C aborts at
+once and keeps the last one). After 75 and 130, run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from eigenmap.config import ConfigError
 from eigenmap.train.checks import load_train_config
-from eigenmap.train.preempt import EXIT_CODES, clear_stop_request
-from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP, check_resume
-from eigenmap.train.run_lock import RunLockError, run_lock
+from eigenmap.train.exit_codes import exit_code
+from eigenmap.train.preempt import INTERRUPTED
+from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP
+from eigenmap.train.run_start import OUTSIDE_TRAINING, REFUSALS, command_line, report_end, starting_run
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,9 @@ EPILOG = """examples:
   eigenmap train configs/demo.yaml data.train_path=synthetic train.max_steps=20 --json out.json
 Running it again with the same train.run_dir resumes from the latest checkpoint (add
 --allow-config-change to resume with another batch, worker count, data, model or loss).
-SIGTERM (SLURM, Kubernetes, spot instances) saves a checkpoint and exits 75: run the same
-command again to resume. Weights of a kept checkpoint: eigenmap export RUN_DIR [--step N]."""
+SIGTERM (SLURM, Kubernetes, spot instances) saves a checkpoint and exits 75, Ctrl-C the same and
+exits 130: run the same command again to resume. Weights of a kept checkpoint:
+eigenmap export RUN_DIR [--step N]."""
 
 
 def add_parser(subparsers) -> None:
@@ -56,23 +59,32 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"dist.address={args.address}"] if args.address is not None else [])
+    cfg = None
     try:
         cfg = load_train_config(args.config, overrides)
-        with run_lock(cfg.train.run_dir):
-            check_resume(cfg, allow_config_change=args.allow_config_change)
-            clear_stop_request(cfg.train.run_dir)
+        with starting_run(cfg, allow_config_change=args.allow_config_change):
             summary = _train(cfg, args.allow_config_change)
-    except (ConfigError, RunLockError) as e:
+    except REFUSALS as e:
         print(f"eigenmap train: error: {e}", file=sys.stderr)
-        return 2
+        return exit_code("refused")
+    except KeyboardInterrupt:  # Ctrl-C while Ray starts or shuts down (run_on_ray handles the ones in training)
+        summary = {"status": INTERRUPTED, "message": OUTSIDE_TRAINING}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=1))
-    status = summary["status"]
-    print(f"eigenmap train: {status}: {summary.get('message', '')} (run dir {cfg.train.run_dir}, "
-          f"{summary['attempts']} worker-group start(s), {summary['wall_seconds']:.1f} s)",
-          file=sys.stderr if status != "finished" else sys.stdout)
-    return EXIT_CODES.get(status, 1)
+    details = (f"run dir {cfg.train.run_dir}, {summary['attempts']} worker-group start(s), "
+               f"{summary['wall_seconds']:.1f} s" if "attempts" in summary else "")
+    return report_end("eigenmap train", summary, run_dir=cfg.train.run_dir if cfg else None,
+                      rerun=_rerun_command(args), details=details)
+
+
+def _rerun_command(args: argparse.Namespace) -> str:
+    """This command as the user typed it (the program as they called it, when it was `eigenmap`)."""
+    prog = sys.argv[0] if os.path.basename(sys.argv[0]) == "eigenmap" else "eigenmap"
+    return command_line(prog, "train", args.config, *args.overrides,
+                        *(["--address", args.address] if args.address is not None else []),
+                        *(["--json", args.json] if args.json else []),
+                        *([ALLOW_FLAG] if args.allow_config_change else []))
 
 
 def _train(cfg, allow_config_change: bool) -> dict:

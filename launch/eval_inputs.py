@@ -16,12 +16,13 @@ import torch
 from eigenmap.eval.features import FeatureSet, extract_features
 from eigenmap.eval.inputs import Extractor
 from eigenmap.run_dir import LoadedRun
+from eigenmap.train.exit_codes import exit_code
 from launch.arg_types import int_at_least
 
 __all__ = ["add_extraction_arguments", "pick_device", "extractor", "INTERRUPTED"]
 
-# exit code of an evaluation command stopped by Ctrl-C (128 + SIGINT), as a shell reports it
-INTERRUPTED = 130
+# exit code of an evaluation command stopped by Ctrl-C: training's, 128 + SIGINT as a shell reports it
+INTERRUPTED = exit_code("interrupted")
 
 
 def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,7 +57,9 @@ def extractor(args: argparse.Namespace, run: LoadedRun, run_dir: Path, device: t
         if args.workers > 0:
             from launch.ray_eval import extract_on_ray
 
-            return extract_on_ray(run_dir, data, folder, args)
+            return extract_on_ray(run_dir, data, folder, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                                  gpus_per_worker=args.gpus_per_worker, address=args.address,
+                                  batch_size=args.batch_size, scale_by_eigenvalue=args.scale_by_eigenvalue)
         return extract_features(run.model.to(device), run.config, data, folder, weights=run.weights, step=run.step,
                                 batch_size=args.batch_size, device=device,
                                 scale_by_eigenvalue=args.scale_by_eigenvalue)

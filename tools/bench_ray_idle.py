@@ -1,6 +1,6 @@
 """What Ray's own processes cost a CPU-bound PyTorch loop on the same machine.
 
-Starts the embedded cluster as ``eigenmap train`` does (:func:`launch.ray_runner.init_ray`),
+Starts the embedded cluster as ``eigenmap train`` does (:func:`launch.ray_cluster.init_ray`),
 runs a Ray Train job whose one worker only sleeps (the controller, placement-group cleaner,
 synchronisation actor, dataset and autoscaling coordinators, raylet, GCS and log monitor all
 live), and times a bare PyTorch training loop beside it (ResNet-18, 64 px, batch 128, SGD,
@@ -40,8 +40,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from eigenmap.config import from_dict, resolve  # noqa: E402
-
 
 def _sleeping_worker(config: dict) -> None:
     stop = Path(config["stop_file"])
@@ -52,9 +50,9 @@ def _sleeping_worker(config: dict) -> None:
 def start_idle_job(threads: int, storage: Path) -> threading.Thread:
     """An embedded Ray cluster and a Ray Train job of one worker that sleeps until
     ``storage/stop`` exists, fitted in a daemon thread (returned)."""
-    from launch.ray_runner import init_ray
+    from launch.ray_cluster import init_ray
 
-    init_ray(resolve(from_dict({"dist": {"num_workers": 1, "cpus_per_worker": threads}})))
+    init_ray(None, num_cpus=threads)
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -5,10 +5,12 @@ Ray's checkpoint API), under torchrun, or as one plain process::
 
     python -m eigenmap.train.worker configs/demo.yaml data.train_path=synthetic --json out.json
 
-Exit codes of the plain process: 0 finished, 2 bad config or arguments (a changed setting the
-run's checkpoint cannot follow, see :mod:`eigenmap.train.resume`; the run directory in use by
-another run), 3 stopped on a non-finite loss, 75 preempted (SIGTERM: a checkpoint was saved;
-run the same command again to resume).
+Exit codes (:mod:`eigenmap.train.exit_codes`, docs/exit-codes.md), the same as ``eigenmap train``'s:
+0 finished, 1 failed, 2 refused (a bad config or argument, a changed setting the run's
+checkpoint cannot follow, see :mod:`eigenmap.train.resume`; the run directory in use by another
+run), 3 stopped on a non-finite loss, 75 preempted (SIGTERM), 130 interrupted (Ctrl-C): after
+75 and 130 a checkpoint was saved (a second Ctrl-C aborts at once, keeping the last one); run the
+same command again to resume.
 
 Nothing here imports Ray, FFCV or FAISS at import time; DeepSpeed is imported when the engine
 is built and is required (a clear error if missing).
@@ -17,7 +19,6 @@ is built and is required (a clear error if missing).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -43,11 +44,13 @@ from eigenmap.train.checkpoint import (CheckpointStore, LocalCheckpointStore, Tr
                                        read_checkpoint, read_meta, write_checkpoint)
 from eigenmap.train.checks import load_train_config
 from eigenmap.train.engine import build_engine, init_process_group, pick_device, precision_of
+from eigenmap.train.exit_codes import exit_code
 from eigenmap.train.optim import build_optimizer, set_lr
-from eigenmap.train.preempt import EXIT_CODES, StopRequest, clear_stop_request, sigterm_sets_stop_flag
-from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP, check_resume, reposition
-from eigenmap.train.run_lock import RunLockError, run_lock
+from eigenmap.train.preempt import INTERRUPTED, PREEMPTED, StopRequest, stop_on_signals
+from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP, reposition
 from eigenmap.train.run_logger import RunLogger
+from eigenmap.train.run_start import (ABORTED, REFUSALS, command_line, report_end, start_sentence,
+                                      starting_run)
 from eigenmap.train.schedule import alpha_at, lr_factor
 from eigenmap.train.step import train_step
 
@@ -170,8 +173,8 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
 
     Returns:
         Summary (the same keys as ``run_dir/status.json``): ``status`` ("finished",
-        "nonfinite" or "preempted"), ``step``, ``epoch``, ``total_steps``, ``metrics``,
-        ``message``.
+        "nonfinite", "preempted" or "interrupted"), ``step``, ``epoch``, ``total_steps``,
+        ``metrics``, ``message``.
     """
     device = pick_device(cfg)
     init_process_group(device)
@@ -197,13 +200,15 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
         if ckpt is not None:
             state = _resume(cfg, ckpt, engine, augment, plan, allow_config_change)
             resumed_from = state.step
+        if rank == 0:  # before the logger cuts metrics.jsonl back to the start
+            print(f"train: {start_sentence(run.path, ckpt, state.step)}", file=sys.stderr, flush=True)
     _record_worker(run, rank, device, resumed_from)
     logger = RunLogger(run.path, rank=rank, total_steps=plan.total_steps, start_step=state.step,
                        progress_bar=cfg.train.progress_bar, tensorboard=cfg.train.tensorboard)
     run_info = {"config": to_dict(cfg), "data": dataset_identity(cfg.data.train_path)}
     parts = WorkerParts(engine, optimizer, loader, augment, store, logger, StopRequest(run.path), run_info)
     try:
-        with sigterm_sets_stop_flag():
+        with stop_on_signals():
             summary = _loop(cfg, parts, plan, state, device)
     finally:
         logger.close()
@@ -222,12 +227,9 @@ def _resume(cfg: Config, ckpt: Path, engine: Any, augment: BatchAugment, plan: S
     old_batch = read_meta(ckpt).get("config", {}).get("derived", {}).get("global_batch_size")
     moved = reposition(state, old_global_batch=old_batch or cfg.derived.global_batch_size,
                        new_global_batch=cfg.derived.global_batch_size, steps_per_epoch=plan.steps_per_epoch)
-    if dist.get_rank() == 0:
-        log.info("resumed from %s at step %d (epoch %d, step %d in epoch)", ckpt, state.step, state.epoch,
-                 state.step_in_epoch)
-        if moved != state:
-            log.warning("loader position re-derived for global batch %d (was %s): epoch %d, step %d in epoch",
-                        cfg.derived.global_batch_size, old_batch, moved.epoch, moved.step_in_epoch)
+    if dist.get_rank() == 0 and moved != state:
+        log.warning("loader position re-derived for global batch %d (was %s): epoch %d, step %d in epoch",
+                    cfg.derived.global_batch_size, old_batch, moved.epoch, moved.step_in_epoch)
     return moved
 
 
@@ -276,10 +278,13 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
             if not (log_now or save_now or (solo and parts.stop.requested())):
                 continue
             # the loss can stay finite while BN or L2-BN statistics overflow: check both, and a
-            # stop request (SIGTERM), in ONE collective, so every rank stops at the same step
+            # stop request (SIGTERM, Ctrl-C), in ONE collective, so every rank stops at the same step
+            reason = parts.stop.reason()
             local = torch.stack([nonfinite | _nonfinite_state(parts.model),
-                                 torch.tensor(parts.stop.requested(), device=device)])
-            stop_nonfinite, stop_requested = dist.any_rank(local)
+                                 torch.tensor(reason == PREEMPTED, device=device),
+                                 torch.tensor(reason == INTERRUPTED, device=device)])
+            stop_nonfinite, preempted, interrupted = dist.any_rank(local)
+            stop_requested = INTERRUPTED if interrupted else PREEMPTED if preempted else None  # Ctrl-C wins
             if stop_nonfinite:
                 return _stop_nonfinite(state, out, plan)
             if log_now:
@@ -292,7 +297,7 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
                 _save(parts, state, metrics, ahead)
             window.restart()  # rates leave out logging and checkpoints
             if stop_requested:
-                return _stop_preempted(state, plan, metrics)
+                return _stop_requested(stop_requested, state, plan, metrics)
             if epoch_end or last:
                 break
         if state.step == epoch_start:  # an epoch without a batch would repeat forever
@@ -337,17 +342,19 @@ def _stop_nonfinite(state: TrainerState, out: dict, plan: StepPlan) -> dict[str,
     return _summary("nonfinite", state, plan, values, message)
 
 
-def _stop_preempted(state: TrainerState, plan: StepPlan, metrics: dict) -> dict[str, Any]:
-    message = (f"preempted: stopped on request (SIGTERM) at step {state.step} with a checkpoint saved; run the "
-               f"same command again to resume from it")
-    if dist.get_rank() == 0:
-        log.warning(message)
-    return _summary("preempted", state, plan, metrics, message)
+_STOP_CAUSES = {PREEMPTED: "on request (SIGTERM)", INTERRUPTED: "on Ctrl-C (SIGINT)"}
+
+
+def _stop_requested(reason: str, state: TrainerState, plan: StepPlan, metrics: dict) -> dict[str, Any]:
+    """The summary of a run stopped by SIGTERM (``reason`` "preempted") or Ctrl-C ("interrupted"),
+    its checkpoint saved."""
+    return _summary(reason, state, plan, metrics, f"stopped {_STOP_CAUSES[reason]} at step {state.step} with a "
+                    "checkpoint saved")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m eigenmap.train.worker CONFIG [key=value ...] [--json PATH] [--allow-config-change]``
-    (plain or torchrun)."""
+    (plain or torchrun); returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m eigenmap.train.worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
@@ -356,28 +363,33 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(ALLOW_FLAG, action="store_true", help=ALLOW_HELP)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary: dict[str, Any] = {}
-    with sigterm_sets_stop_flag():  # from the start: a SIGTERM during set-up stops at step one
+    # rank 0 of torchrun (or the one plain process) holds the run directory's lock and speaks
+    lead = int(os.environ.get("RANK", "0")) == 0
+    rerun = command_line("python -m eigenmap.train.worker", args.config, *args.overrides,
+                         *(["--json", args.json] if args.json else []),
+                         *([ALLOW_FLAG] if args.allow_config_change else []))
+    cfg: Optional[Config] = None
+    with stop_on_signals(announce=lead):  # from the start: a signal during set-up stops at the first step
         try:
             cfg = load_train_config(args.config, args.overrides)
-            # rank 0 of torchrun (or the one plain process) holds the run directory's lock
-            lead = int(os.environ.get("RANK", "0")) == 0
-            with run_lock(cfg.train.run_dir) if lead else contextlib.nullcontext():
-                check_resume(cfg, allow_config_change=args.allow_config_change, report=lead)
-                if lead:
-                    clear_stop_request(cfg.train.run_dir)
+            with starting_run(cfg, allow_config_change=args.allow_config_change, lead=lead):
                 summary = train(cfg, allow_config_change=args.allow_config_change)
-            if args.json and dist.get_rank() == 0:
-                Path(args.json).write_text(json.dumps(summary, indent=1))
-        except (ConfigError, RunLockError) as e:  # also found once the job's processes are known
+        except REFUSALS as e:  # also found once the job's processes are known
             print(f"error: {e}", file=sys.stderr)
-            return 2
+            return exit_code("refused")
+        except KeyboardInterrupt:  # the second Ctrl-C
+            summary = {"status": INTERRUPTED, "message": ABORTED}
         finally:
             # this process made the group (Ray Train tears down its own): NCCL otherwise warns at
             # exit and its communicators outlive the run
             if torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
-    return EXIT_CODES.get(summary["status"], 3)
+    if not lead:
+        return exit_code(summary["status"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return report_end("python -m eigenmap.train.worker", summary, run_dir=cfg.train.run_dir if cfg else None,
+                      rerun=rerun)
 
 
 if __name__ == "__main__":
