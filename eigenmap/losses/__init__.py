@@ -8,6 +8,8 @@ outputs, and owns its running statistics. Losses never import ``eigenmap.models`
 
 from __future__ import annotations
 
+from typing import Optional
+
 from eigenmap.config import LossConfig
 from eigenmap.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from eigenmap.losses.common import LossTerms, Objective, gather_pair
@@ -15,6 +17,7 @@ from eigenmap.losses.l2bn import EigenStatistics, L2BatchNorm, batch_statistics,
 from eigenmap.losses.neuralef import NeuralEFLoss, neuralef_loss, neuralef_terms
 from eigenmap.losses.simclr import NTXentLoss, nt_xent_loss
 from eigenmap.losses.spectral_contrastive import SpectralContrastiveLoss, spectral_contrastive_loss
+from eigenmap.train.schedule import AlphaSchedule
 
 __all__ = [
     "LossTerms", "Objective", "gather_pair", "build_loss",
@@ -25,20 +28,25 @@ __all__ = [
     "spectral_contrastive_loss", "SpectralContrastiveLoss",
 ]
 
+# each builder: (loss config, k, alpha schedule) -> Objective
 _BUILDERS = {
-    "neuralef": lambda c, k: NeuralEFLoss(
-        k, alpha=c.alpha, t=c.t, stop_grad=c.stop_grad, ema_momentum=c.ema_momentum,
+    "neuralef": lambda c, k, alpha: NeuralEFLoss(
+        k, alpha=alpha, t=c.t, stop_grad=c.stop_grad, ema_momentum=c.ema_momentum,
         gather_distributed=c.gather_distributed),
-    "simclr": lambda c, k: NTXentLoss(temperature=c.temperature, gather_distributed=c.gather_distributed),
-    "barlow_twins": lambda c, k: BarlowTwinsLoss(
+    "simclr": lambda c, k, alpha: NTXentLoss(temperature=c.temperature, gather_distributed=c.gather_distributed),
+    "barlow_twins": lambda c, k, alpha: BarlowTwinsLoss(
         lambda_offdiag=c.barlow_lambda, gather_distributed=c.gather_distributed),
-    "spectral_contrastive": lambda c, k: SpectralContrastiveLoss(mu=c.spectral_mu,
-                                                               gather_distributed=c.gather_distributed),
+    "spectral_contrastive": lambda c, k, alpha: SpectralContrastiveLoss(mu=c.spectral_mu,
+                                                                      gather_distributed=c.gather_distributed),
 }
 
 
-def build_loss(cfg: LossConfig, k: int) -> Objective:
-    """The objective named by ``cfg.name`` for k-dim outputs; ``forward(z1, z2) -> LossTerms``."""
+def build_loss(cfg: LossConfig, k: int, *, total_steps: Optional[int] = None) -> Objective:
+    """The objective named by ``cfg.name`` for k-dim outputs; ``forward(z1, z2, step) -> LossTerms``.
+
+    ``total_steps``: the planned run (``derived.total_steps``), which a ramped reg weight
+    (``loss.alpha_final``) spans; a constant one needs no plan.
+    """
     if cfg.name not in _BUILDERS:
         raise ValueError(f"unknown loss {cfg.name!r}; accepted: {', '.join(_BUILDERS)}")
-    return _BUILDERS[cfg.name](cfg, k)
+    return _BUILDERS[cfg.name](cfg, k, AlphaSchedule.of(cfg, total_steps))
