@@ -31,6 +31,7 @@ __all__ = [
     "to_yaml",
     "save_config",
     "resolve",
+    "describe_keys",
 ]
 
 
@@ -319,6 +320,34 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise wrong
         return value
     raise TypeError(f"unsupported annotation {tp!r} for '{key}'")
+
+
+class KeyDescription(typing.NamedTuple):
+    """One key of the schema: dotted name, type in words (with its limits), default, help."""
+
+    key: str
+    type: str
+    default: Any
+    help: str
+
+
+def describe_keys(cls: type = Config, prefix: str = "") -> list[KeyDescription]:
+    """Every leaf key of the schema under ``cls``, in declaration order (what ``eigenmap config
+    --keys`` lists)."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += describe_keys(tp, f"{prefix}{f.name}.")
+            continue
+        limits = " and ".join(f"{sym} {f.metadata[name]}" for name, sym in
+                              (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if name in f.metadata)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append(KeyDescription(prefix + f.name, _type_name(tp) + (f", {limits}" if limits else ""),
+                                  to_dict(default) if dataclasses.is_dataclass(default) else default,
+                                  f.metadata.get("help", "")))
+    return out
 
 
 def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
