@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 DATA_KEY = "data_key.json"  # in OUT_DIR/data: what the data files there were made from
+DEFAULT_STEPS = 150
 
 
 def add_parser(subparsers) -> None:
@@ -40,11 +41,16 @@ def add_parser(subparsers) -> None:
                         f"from {FASHION_MNIST}")
     p.add_argument("--holdout", type=float, default=0.2,
                    help="validation fraction of each class when --data has no validation folder (default 0.2)")
-    p.add_argument("--out-dir", type=Path, default=Path("runs/demo"), help="data, run and report go here")
-    p.add_argument("--max-steps", type=int, default=150, help="training steps (default 150)")
-    p.add_argument("--fresh", action="store_true", help="delete an earlier demo run first (the data stays)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the demo's figures here")
+    p.add_argument("--out-dir", type=Path, default=Path("runs/demo"),
+                   help="data, run and report go here (default runs/demo)")
+    p.add_argument("--max-steps", type=int, default=DEFAULT_STEPS,
+                   help=f"training steps: the planned length, which warm-up and cosine span (default {DEFAULT_STEPS})")
+    p.add_argument("--fresh", action="store_true", help="delete an earlier demo run first (the data stays; default: "
+                                                         "a finished run in --out-dir is reused)")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help=f"more config overrides (optional) on top of {DEMO_CONFIG.relative_to(REPO)}, e.g. train.seed=1")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="write the demo's figures here (default: none; the report is RUN/report/report.md)")
     p.set_defaults(func=run)
 
 
@@ -281,22 +287,30 @@ def run(args: argparse.Namespace) -> int:
             print(f"eigenmap demo: the {name} stage failed (exit {rc}); rerun `eigenmap demo` to resume",
                   file=sys.stderr)
             return rc
+    # once each: demo.json holds the stages before the report (the report reads it), and the
+    # report's own time goes to the console and --json only
     demo = {"data_statement": statement, "train": str(train_beton), "val": str(val_beton), "device": device,
-            "stage_seconds": seconds}
+            "stage_seconds": dict(seconds)}
     (run_dir / "demo.json").write_text(json.dumps(demo, indent=1) + "\n")
     t0 = time.perf_counter()
     rc = eigenmap(["report", str(run_dir)])
     seconds["report"] = time.perf_counter() - t0
     demo["stage_seconds"] = seconds
-    (run_dir / "demo.json").write_text(json.dumps(demo, indent=1) + "\n")
-    if rc == 0:  # again, quietly, so the report shows its own stage's time too
-        from launch.report import write_run_report
-
-        write_run_report(run_dir)
     demo["total_seconds"] = time.perf_counter() - started
     demo["report"] = str((run_dir / "report" / "report.md").resolve())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(demo, indent=1) + "\n")
-    print(f"\ndemo finished in {demo['total_seconds']:.0f} s; the report: {demo['report']}")
+    print("\n" + _findings_of(Path(demo["report"])))
+    print(f"demo finished in {demo['total_seconds']:.0f} s; the report: {demo['report']}")
     return rc
+
+
+def _findings_of(report: Path) -> str:
+    """The report's findings section (what the run shows, in words), for the console."""
+    text = report.read_text() if report.is_file() else ""
+    start = text.find("## Findings")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else None].strip() + "\n"
