@@ -5,8 +5,10 @@ retrieval results of ``eigenmap retrieve``, the probe's of ``eigenmap probe``) a
 machine-readable dict (written to ``RUN/report/report.json``); :func:`findings_lines` puts the
 same dict into sentences. Nothing is judged from memory: each sentence names its figures.
 
-Verdicts compare the code prefix of length m with the baselines at m: **ahead** or **behind**
-when the difference is more than :data:`LEVEL_RELATIVE` of the baseline's mAP, else **level**.
+Verdicts compare the code prefix of length m with the baselines at m: **level** when the
+difference is at most :data:`LEVEL_RELATIVE` of the baseline's mAP or, for the random m-subset,
+at most the standard deviation of its draws (a gap smaller than the baseline's own draw-to-draw
+spread is not a finding); else **ahead** or **behind**.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ ORDERED_SPEARMAN = -0.8  # at or below: the outputs are ordered by eigenvalue (t
 PARTLY_ORDERED_SPEARMAN = -0.5
 
 
-def verdict(prefix: float, baseline: float) -> dict:
-    """``{"verdict": "ahead"|"level"|"behind", "difference": prefix - baseline, "relative": ...}``."""
+def verdict(prefix: float, baseline: float, spread: float = 0.0) -> dict:
+    """``{"verdict": "ahead"|"level"|"behind", "difference": prefix - baseline, "relative": ...}``;
+    ``spread``: the baseline's own standard deviation over its draws (0 for one figure)."""
     difference = prefix - baseline
     relative = difference / baseline if baseline > 0 else float("inf") if difference > 0 else 0.0
-    word = "level" if abs(difference) <= LEVEL_RELATIVE * abs(baseline) else "ahead" if difference > 0 else "behind"
+    tolerance = max(LEVEL_RELATIVE * abs(baseline), spread)
+    word = "level" if abs(difference) <= tolerance else "ahead" if difference > 0 else "behind"
     return {"verdict": word, "difference": difference, "relative": relative}
 
 
@@ -86,7 +90,7 @@ def _retrieval(results: dict) -> dict:
             rs = rec["random_subset"]
             row.update(random_subset=rs["map_mean"], random_subset_std=rs["map_std"], pca=rec["pca"]["map"])
             if rec["dim"] < k:  # at the full length every baseline is the code itself, re-ordered or rotated
-                row.update(vs_random_subset=verdict(row["prefix"], rs["map_mean"]),
+                row.update(vs_random_subset=verdict(row["prefix"], rs["map_mean"], rs["map_std"]),
                            vs_pca=verdict(row["prefix"], rec["pca"]["map"]))
         lengths.append(row)
     return {"R": R, "code_length": k, "full_length_map": results["lengths"][-1]["codes"]["map"],
@@ -164,7 +168,8 @@ def _retrieval_lines(r: dict) -> list[str]:
         return lines + ["No baselines were run (`eigenmap retrieve` without --no-baselines scores a random m-subset "
                         "of the codes' dimensions and PCA of the codes to m at each length).", ""]
     lines.append(f"At each length m, the code prefix (its first m dimensions) against a random m-subset of the "
-                 f"dimensions (mean of its draws) and PCA of the codes to m; level = within {LEVEL_RELATIVE:.0%}:")
+                 f"dimensions (mean of its draws) and PCA of the codes to m; level = within {LEVEL_RELATIVE:.0%} "
+                 "(for the random subset, or within the standard deviation of its draws):")
     lines.append("")
     for row in compared:
         lines.append(f"- m = {row['dim']} ({_fraction(row['fraction'])}): prefix {row['prefix']:.3f}, "

@@ -136,7 +136,9 @@ def test_a_run_whose_prefixes_win_says_so_with_chance_levels_and_the_speedup_spr
     assert "The objective (loss + alpha x reg) at the first log step (2): -1.7" in report
 
 
-def test_verdicts_are_level_within_two_percent_of_the_baseline():
+def test_verdicts_are_level_within_two_percent_of_the_baseline_or_its_own_spread():
     assert verdict(0.305, 0.300)["verdict"] == "level"
     assert verdict(0.310, 0.300)["verdict"] == "ahead" and verdict(0.290, 0.300)["verdict"] == "behind"
     assert verdict(0.290, 0.300)["difference"] == pytest.approx(-0.01)
+    assert verdict(0.290, 0.300, spread=0.012)["verdict"] == "level"  # within the draws' standard deviation
+    assert verdict(0.285, 0.300, spread=0.012)["verdict"] == "behind"
