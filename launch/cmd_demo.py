@@ -48,7 +48,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fresh", action="store_true", help="delete an earlier demo run first (the data stays; default: "
                                                          "a finished run in --out-dir is reused)")
     p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
-                   help=f"more config overrides (optional) on top of {DEMO_CONFIG.relative_to(REPO)}, e.g. train.seed=1")
+                   help=f"more config overrides (optional) on top of {DEMO_CONFIG.relative_to(REPO)}, "
+                        "e.g. train.seed=1")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write the demo's figures here (default: none; the report is RUN/report/report.md)")
     p.set_defaults(func=run)

@@ -128,8 +128,8 @@ def run_findings(*, spearman: Optional[float], eigenfunctions: bool, retrieval: 
 def _order_sentence(order: dict) -> str:
     rho = order["spearman"]
     if not order["eigenfunctions"]:
-        return ("**Eigenvalue order:** not an eigenfunction objective, so its outputs have no eigenvalue order; a prefix "
-                "is an arbitrary choice of m outputs.")
+        return ("**Eigenvalue order:** not an eigenfunction objective, so its outputs have no eigenvalue order; a "
+                "prefix is an arbitrary choice of m outputs.")
     if rho is None:
         return "**Eigenvalue order:** unknown (no eigenvalue estimates could be read)."
     if rho <= ORDERED_SPEARMAN:
@@ -189,7 +189,8 @@ def _summary_sentence(compared: list[dict], k: int) -> str:
                  "the first dimensions carry less than a random choice of as many, so this run does not (yet) give "
                  "the ordered short codes the method is for.")
     else:
-        words = f"The prefix is at or above the random m-subset at {span}: the leading outputs are the informative ones."
+        words = (f"The prefix is at or above the random m-subset at {span}: the leading outputs are the informative "
+                 "ones.")
     if pca:
         words += (f" **PCA of the codes is ahead of the prefix at m = {', '.join(map(str, pca))}**: a rotation "
                   "fitted to these codes on the database packs more into m dimensions than the learned order does. "

@@ -117,7 +117,8 @@ def _config_summary(cfg) -> list[str]:
         f"| projector | {m.projector_hidden_dim} hidden -> k = {m.projector_out_dim} outputs |",
         f"| objective | {loss} |",
         f"| optimiser | {o.name}, peak lr {cfg.derived.lr:.4g} (base {o.base_lr} per 256), "
-        f"{plural(o.warmup_epochs, 'warm-up epoch')}, cosine to {o.final_lr_ratio:g} x, weight decay {o.weight_decay:g} |",
+        f"{plural(o.warmup_epochs, 'warm-up epoch')}, cosine to {o.final_lr_ratio:g} x, "
+        f"weight decay {o.weight_decay:g} |",
         f"| data | `{d.train_path}`, {d.resolution} px crops, batch {d.batch_size_per_worker} per worker |",
         f"| workers | {di.num_workers} x ({di.cpus_per_worker} CPU, {di.gpus_per_worker:g} GPU), global batch "
         f"{cfg.derived.global_batch_size}, precision {di.precision}, ZeRO {di.zero_stage} |",
@@ -139,9 +140,9 @@ def _training_section(run_dir: Path, rows: list[dict], status: Optional[dict], r
                       steps_per_epoch: Optional[int]) -> list[str]:
     lines = ["## Training", ""]
     if status:
-        lines.append(f"Status: **{status.get('status')}** at step {status.get('step')} of "
-                     f"{status.get('total_steps')} planned{_epoch_words(status.get('step'), status.get('total_steps'), steps_per_epoch)}. "
-                     f"{status.get('message', '')}")
+        step, total = status.get("step"), status.get("total_steps")
+        lines.append(f"Status: **{status.get('status')}** at step {step} of {total} planned"
+                     f"{_epoch_words(step, total, steps_per_epoch)}. {status.get('message', '')}")
     attempts = _read_jsonl(run_dir / "attempts.jsonl")
     if attempts:
         lines.append(_attempts_words([a.get("resumed_from_step") for a in attempts]))
@@ -184,7 +185,8 @@ def _spectrum_section(run_dir: Path, report: Path) -> tuple[list[str], Optional[
     except ValueError as e:
         return ["## Eigenvalue spectrum", "", f"Not available: {e}", ""], None, True
     if stats is None:
-        return ["## Eigenvalue spectrum", "", "Not an eigenfunction objective: no eigenvalue estimates.", ""], None, False
+        return (["## Eigenvalue spectrum", "", "Not an eigenfunction objective: no eigenvalue estimates.", ""],
+                None, False)
     ev = stats.eigenvalues.numpy()
     plot_spectrum(ev, report / "spectrum.png")
     order = eigenvalue_order(ev)

@@ -55,7 +55,6 @@ __all__ = ["train", "build_loader", "build_augment", "main"]
 log = logging.getLogger(__name__)
 
 
-
 def build_loader(cfg: Config, *, rank: int, world_size: int, device: torch.device):
     """The two-view training loader of this rank (FFCV, or the synthetic source)."""
     if cfg.data.train_path == SYNTHETIC:
@@ -191,9 +190,9 @@ def _plan(cfg: Config, loader_steps: int) -> StepPlan:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if plan.steps_per_epoch != loader_steps:
-        raise RuntimeError(f"the config plans {plan.steps_per_epoch} steps per epoch (derived.steps_per_epoch) but this "
-                           f"worker's loader has {loader_steps}: the data changed after the config was resolved, or "
-                           "the planning rule and the loader's sharding disagree")
+        raise RuntimeError(f"the config plans {plan.steps_per_epoch} steps per epoch (derived.steps_per_epoch) but "
+                           f"this worker's loader has {loader_steps}: the data changed after the config was resolved, "
+                           "or the planning rule and the loader's sharding disagree")
     return plan
 
 
@@ -289,8 +288,9 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
             if epoch_end or last:
                 break
         if state.step == epoch_start:  # an epoch without a batch would repeat forever
-            raise RuntimeError(f"the loader yielded no batch for epoch {state.epoch + 1} from step {state.step_in_epoch} "
-                               f"of {plan.steps_per_epoch} while {plan.total_steps - state.step} steps remain")
+            raise RuntimeError(f"the loader yielded no batch for epoch {state.epoch + 1} from step "
+                               f"{state.step_in_epoch} of {plan.steps_per_epoch} while "
+                               f"{plan.total_steps - state.step} steps remain")
     return _summary("finished", state, plan, metrics, f"finished {state.step} steps")
 
 

@@ -57,7 +57,8 @@ def _run_dir(tmp_path: Path, *, leading_signal: bool, eigenvalues: np.ndarray) -
     (run_dir / "attempts.jsonl").write_text("".join(json.dumps({"resumed_from_step": s}) + "\n" for s in (None, 12)))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(
         {"step": s, "epoch": 0, "total": -1.0 - s / 10, "objective": -1.5 - s / 10, "loss": -2.0, "reg": 0.5,
-         "alpha": 0.01, "cls_loss": 2.0, "acc": 0.2, "lr": 0.1, "images_per_sec": 100.0}) + "\n" for s in range(2, 21, 2)))
+         "alpha": 0.01, "cls_loss": 2.0, "acc": 0.2, "lr": 0.1, "images_per_sec": 100.0}) + "\n"
+        for s in range(2, 21, 2)))
     db, db_labels, q, q_labels = _codes(leading_signal)
     folders = {}
     for role, labels in (("database", db_labels), ("queries", q_labels)):
