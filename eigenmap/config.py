@@ -33,6 +33,7 @@ __all__ = [
     "to_yaml",
     "save_config",
     "resolve",
+    "describe_keys",
 ]
 
 
@@ -156,7 +157,10 @@ class OptimConfig:
     momentum: float = _f(0.9, "SGD/LARS momentum (AdamW beta1)", ge=0.0, lt=1.0)
     weight_decay: float = _f(1e-6, "weight decay; biases and norm parameters are excluded", ge=0.0)
     trust_coefficient: float = _f(0.001, "LARS trust coefficient", gt=0.0)
-    warmup_epochs: float = _f(10.0, "linear warm-up length", ge=0.0)
+    warmup_epochs: float = _f(
+        10.0, "linear warm-up length, in epochs; with train.max_steps it keeps its share of the run "
+        "(warmup_epochs / epochs of max_steps: 10 of 100 epochs is 10% of the steps), so a shortened recipe "
+        "warms up and decays in the same proportions (derived.warmup_steps holds the steps)", ge=0.0)
     final_lr_ratio: float = _f(0.001, "cosine schedule ends at this fraction of lr", ge=0.0, le=1.0)
     grad_clip: Optional[float] = _f(None, "gradient norm clipping; null = off", gt=0.0)
     online_head_lr: float = _f(
@@ -231,7 +235,12 @@ class DistConfig:
 class TrainConfig:
     run_dir: str = _f("runs/default", "where config, checkpoints, TensorBoard and weights go")
     epochs: int = _f(100, "passes over the training set", ge=1)
-    max_steps: Optional[int] = _f(None, "stop after this many steps (null = all epochs)", ge=1)
+    max_steps: Optional[int] = _f(
+        None, "the planned length in optimiser steps, as in Hugging Face's Trainer: when set it overrides "
+        "train.epochs (fewer or more steps), and warm-up, cosine and NeuralEF's alpha ramp span it; null = "
+        "train.epochs x derived.steps_per_epoch. A resume that changes the plan (derived.total_steps or "
+        "derived.warmup_steps) is refused unless --allow-config-change, which follows the new plan from the "
+        "checkpoint's step (the lr moves to the new schedule's value there)", ge=1)
     seed: int = _f(0, "seed of the data order, augmentations and initialisation", ge=0)
     log_every_steps: int = _f(10, "steps between scalar logs (the only .item() calls)", ge=1)
     checkpoint_every_steps: int = _f(500, "steps between checkpoints (also at each epoch end)", ge=1)
@@ -256,6 +265,15 @@ class DerivedConfig:
 
     global_batch_size: Optional[int] = _f(None, "num_workers * batch_size_per_worker")
     lr: Optional[float] = _f(None, "the peak lr used: optim.lr, or optim.base_lr * global_batch_size / 256")
+    train_images: Optional[int] = _f(
+        None, "images in data.train_path (its manifest or FFCV header; data.synthetic_images for 'synthetic')")
+    steps_per_epoch: Optional[int] = _f(
+        None, "optimiser steps per epoch: whole global batches of train_images (each worker's shard, last "
+              "partial batch dropped)")
+    total_steps: Optional[int] = _f(None, "the planned run: train.max_steps, else train.epochs x steps_per_epoch")
+    warmup_steps: Optional[int] = _f(
+        None, "linear warm-up steps: optim.warmup_epochs x steps_per_epoch, or with train.max_steps its share "
+              "(warmup_epochs / epochs) of total_steps; at most total_steps")
 
 
 @dataclass
@@ -341,6 +359,34 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise wrong
         return value
     raise TypeError(f"unsupported annotation {tp!r} for '{key}'")
+
+
+class KeyDescription(typing.NamedTuple):
+    """One key of the schema: dotted name, type in words (with its limits), default, help."""
+
+    key: str
+    type: str
+    default: Any
+    help: str
+
+
+def describe_keys(cls: type = Config, prefix: str = "") -> list[KeyDescription]:
+    """Every leaf key of the schema under ``cls``, in declaration order (what ``eigenmap config
+    --keys`` lists)."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += describe_keys(tp, f"{prefix}{f.name}.")
+            continue
+        limits = " and ".join(f"{sym} {f.metadata[name]}" for name, sym in
+                              (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if name in f.metadata)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append(KeyDescription(prefix + f.name, _type_name(tp) + (f", {limits}" if limits else ""),
+                                  to_dict(default) if dataclasses.is_dataclass(default) else default,
+                                  f.metadata.get("help", "")))
+    return out
 
 
 def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
@@ -477,18 +523,35 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: typing.Seque
     return from_dict(apply_overrides(values, overrides))
 
 
-def resolve(cfg: Config) -> Config:
+def resolve(cfg: Config, *, train_images: Optional[int] = None, steps_per_epoch: Optional[int] = None) -> Config:
     """A new config whose ``derived`` section is computed from the others.
 
     ``derived.global_batch_size = dist.num_workers * data.batch_size_per_worker``;
     ``derived.lr = optim.lr`` when set, else ``optim.base_lr * global_batch_size / 256``.
-    The user's keys are never written, so ``resolve(resolve(c)) == resolve(c)`` and a config
-    whose batch changed after resolving gets its lr re-derived by the next ``resolve``.
+    The plan of the run needs the training set, which this schema does not read:
+    :func:`eigenmap.train.checks.prepare_train_config` counts its images and steps per epoch
+    (the loader's sharding rule) and passes them here, which fills ``derived.train_images``,
+    ``steps_per_epoch``, ``total_steps`` (``train.max_steps``, else ``train.epochs x
+    steps_per_epoch``) and ``warmup_steps`` (``optim.warmup_epochs x steps_per_epoch``; with
+    ``train.max_steps`` its share ``warmup_epochs / epochs`` of the planned steps, so a shortened
+    recipe keeps its proportions; never more than the planned steps). Without them those stay
+    null. The user's keys are never written, so ``resolve(resolve(c, ...), ...) == resolve(c,
+    ...)`` and a config whose batch changed after resolving gets its lr re-derived by the next
+    ``resolve``.
     """
     cfg = from_dict(to_dict(cfg))
     gbs = cfg.dist.num_workers * cfg.data.batch_size_per_worker
-    cfg.derived = DerivedConfig(global_batch_size=gbs,
-                                lr=cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.base_lr * gbs / 256)
+    derived = DerivedConfig(global_batch_size=gbs,
+                            lr=cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.base_lr * gbs / 256,
+                            train_images=train_images, steps_per_epoch=steps_per_epoch)
+    if steps_per_epoch is not None:
+        t, warmup = cfg.train, cfg.optim.warmup_epochs
+        if t.max_steps is None:
+            total, warmup_steps = t.epochs * steps_per_epoch, round(warmup * steps_per_epoch)
+        else:
+            total, warmup_steps = t.max_steps, round(warmup / t.epochs * t.max_steps)
+        derived.total_steps, derived.warmup_steps = total, min(warmup_steps, total)
+    cfg.derived = derived
     return cfg
 
 

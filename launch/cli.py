@@ -16,6 +16,7 @@ from eigenmap.host_memory import keep_freed_memory
 # name -> module under launch/ that implements it
 SUBCOMMANDS = {
     "prepare": "launch.cmd_prepare",
+    "config": "launch.cmd_config",
     "train": "launch.cmd_train",
     "export": "launch.cmd_export",
     "extract": "launch.cmd_extract",

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 DATA_KEY = "data_key.json"  # in OUT_DIR/data: what the data files there were made from
+DEFAULT_STEPS = 150
 
 
 def add_parser(subparsers) -> None:
@@ -40,11 +41,17 @@ def add_parser(subparsers) -> None:
                         f"from {FASHION_MNIST}")
     p.add_argument("--holdout", type=float, default=0.2,
                    help="validation fraction of each class when --data has no validation folder (default 0.2)")
-    p.add_argument("--out-dir", type=Path, default=Path("runs/demo"), help="data, run and report go here")
-    p.add_argument("--max-steps", type=int, default=150, help="training steps (default 150)")
-    p.add_argument("--fresh", action="store_true", help="delete an earlier demo run first (the data stays)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the demo's figures here")
+    p.add_argument("--out-dir", type=Path, default=Path("runs/demo"),
+                   help="data, run and report go here (default runs/demo)")
+    p.add_argument("--max-steps", type=int, default=DEFAULT_STEPS,
+                   help=f"training steps: the planned length, which warm-up and cosine span (default {DEFAULT_STEPS})")
+    p.add_argument("--fresh", action="store_true", help="delete an earlier demo run first (the data stays; default: "
+                                                         "a finished run in --out-dir is reused)")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help=f"more config overrides (optional) on top of {DEMO_CONFIG.relative_to(REPO)}, "
+                        "e.g. train.seed=1")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="write the demo's figures here (default: none; the report is RUN/report/report.md)")
     p.set_defaults(func=run)
 
 
@@ -196,6 +203,15 @@ def _prepare_data(args: argparse.Namespace, eigenmap, cfg, key: dict | None = No
     return sources[0][2], sources[1][2], statement, train
 
 
+def retrieval_lengths(k: int) -> list[int]:
+    """The code lengths the demo scores: 4, 8, ... up to k, and k. They start at 4 as the official
+    Neural Eigenmaps retrieval code's do: an L2-normalised code of one or two dimensions keeps
+    little more than their signs, and the first output tends to the kernel's top eigenfunction,
+    the constant one, which ranks nothing."""
+    lengths = [m for m in (4 * 2 ** i for i in range(k.bit_length())) if m < k]
+    return lengths + [k]
+
+
 def _fitted_batch(n_images: int, cfg) -> list[str]:
     """An override lowering ``data.batch_size_per_worker`` so that one step's global batch fits
     the training set (a small folder), or nothing when it already fits or cannot (fewer images
@@ -266,13 +282,16 @@ def run(args: argparse.Namespace) -> int:
     retrieval_r = min(100, n_train)
     if retrieval_r < 100:
         statement += f" Retrieval ranks the whole database: mAP@{retrieval_r}, not mAP@100."
+    lengths = retrieval_lengths(cfg.model.projector_out_dim)
+    statement += (f" Retrieval scores the code lengths {', '.join(map(str, lengths))} (from 4, as the official Neural "
+                  "Eigenmaps retrieval code does).")
     stages = [
         ("train", ["train", str(DEMO_CONFIG), f"data.train_path={train_beton}", f"train.run_dir={run_dir}",
                    f"train.max_steps={args.max_steps}", f"model.num_classes={classes}", *device_overrides,
                    *fitted, *args.overrides, "--json", str(args.out_dir / "train.json")]),
         ("linear probe and kNN", ["probe", str(run_dir), "--train", str(train_beton), "--val", str(val_beton)]),
         ("retrieval", ["retrieve", str(run_dir), "--database", str(train_beton), "--queries", str(val_beton),
-                       "--R", str(retrieval_r)]),
+                       "--R", str(retrieval_r), "--dims", *map(str, lengths)]),
     ]
     for name, command in stages:
         t0 = time.perf_counter()
@@ -282,22 +301,30 @@ def run(args: argparse.Namespace) -> int:
             print(f"eigenmap demo: the {name} stage failed (exit {rc}); rerun `eigenmap demo` to resume",
                   file=sys.stderr)
             return rc
+    # once each: demo.json holds the stages before the report (the report reads it), and the
+    # report's own time goes to the console and --json only
     demo = {"data_statement": statement, "train": str(train_beton), "val": str(val_beton), "device": device,
-            "stage_seconds": seconds}
+            "stage_seconds": dict(seconds)}
     RunDir(run_dir).demo.write_text(json.dumps(demo, indent=1) + "\n")
     t0 = time.perf_counter()
     rc = eigenmap(["report", str(run_dir)])
     seconds["report"] = time.perf_counter() - t0
     demo["stage_seconds"] = seconds
-    RunDir(run_dir).demo.write_text(json.dumps(demo, indent=1) + "\n")
-    if rc == 0:  # again, quietly, so the report shows its own stage's time too
-        from launch.report import write_run_report
-
-        write_run_report(run_dir)
     demo["total_seconds"] = time.perf_counter() - started
     demo["report"] = str((RunDir(run_dir).report / "report.md").resolve())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(demo, indent=1) + "\n")
-    print(f"\ndemo finished in {demo['total_seconds']:.0f} s; the report: {demo['report']}")
+    print("\n" + _findings_of(Path(demo["report"])))
+    print(f"demo finished in {demo['total_seconds']:.0f} s; the report: {demo['report']}")
     return rc
+
+
+def _findings_of(report: Path) -> str:
+    """The report's findings section (what the run shows, in words), for the console."""
+    text = report.read_text() if report.is_file() else ""
+    start = text.find("## Findings")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else None].strip() + "\n"

@@ -30,7 +30,13 @@ from eigenmap.train.run_start import OUTSIDE_TRAINING, REFUSALS, command_line, r
 
 log = logging.getLogger(__name__)
 
-EPILOG = """examples:
+EPILOG = """Before launching: `eigenmap config CONFIG [key=value ...]` prints the resolved config this command
+would run (derived values included: global batch, peak lr, steps per epoch, total and warm-up
+steps) and starts nothing; `eigenmap config --keys` lists every key with its type, default and help.
+train.max_steps is the planned length (warm-up, cosine and alpha ramp span it), as in Hugging Face's
+Trainer.
+
+examples:
   eigenmap train configs/demo.yaml
   eigenmap train configs/imagenette_resnet18.yaml data.train_path=/data/imagenette.beton dist.num_workers=2
   eigenmap train configs/imagenet_resnet50_100ep.yaml --address auto          # join a running cluster
@@ -47,8 +53,9 @@ def add_parser(subparsers) -> None:
         "train", help="train an encoder (Ray TorchTrainer + DeepSpeed workers)",
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML config (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. dist.num_workers=2 train.run_dir=runs/x")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help="config overrides (optional), e.g. dist.num_workers=2 train.run_dir=runs/x; "
+                        "`eigenmap config --keys` lists every key")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join: 'auto' or host:port (default: the config's dist.address; "
                         "null there = an embedded local cluster on 127.0.0.1)")

@@ -8,7 +8,10 @@ It reads what the other commands left in the run directory and draws nothing fro
   the newest of each is shown, and every evaluation the run holds is listed;
 - ``demo.json`` when ``eigenmap demo`` made the run (data, splits, the wall time of each stage).
 
-A part whose files are missing is listed as such, with the command that makes it.
+A part whose files are missing is listed as such, with the command that makes it. The report
+opens with its findings in words (:mod:`launch.findings`: eigenvalue order, prefix against the
+baselines at each length, accuracies and mAP next to chance, the speed-up's spread), and writes
+the same figures to ``RUN/report/report.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from eigenmap.config import load_config
 from eigenmap.eval.spectrum import eigenvalue_order
 from eigenmap.run_dir import load_run
 from eigenmap.run_layout import RunDir
+from eigenmap.train.schedule import plan_in_words, plural
+from launch.findings import findings_lines, run_findings
 
 __all__ = ["write_run_report", "knn_capped_note"]
 
@@ -39,28 +44,42 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 def plot_training(rows: list[dict], path: Path) -> None:
-    """Objective, its parts, the online classifier and the lr against the step: four panels."""
+    """The objective and its parts, the reg and its weight, the online classifier (cross-entropy
+    and accuracy, each on its own axis) and the lr against the step: four panels."""
     fig = Figure(figsize=(10, 7), dpi=110)
     FigureCanvasAgg(fig)
     steps = [r["step"] for r in rows]
-    panels = [("objective: total = loss + alpha * reg", [("total", "total"), ("loss", "loss (-2/k sum diag)")]),
-              ("regulariser reg (off-diagonal)", [("reg", "reg")]),
-              ("online classifier (monitoring)", [("cls_loss", "cross-entropy"), ("acc", "accuracy (batch)")]),
-              ("learning rate (schedule)", [("lr", "peak-scaled lr")])]
-    for i, (title, series) in enumerate(panels):
+    panels = [("objective = loss + alpha * reg", [("objective", "objective"), ("loss", "loss (-2/k sum diag)")], []),
+              ("regulariser reg (off-diagonal) and its weight", [("reg", "reg")], [("alpha", "alpha (right axis)")]),
+              ("online classifier (monitoring, detached)", [("cls_loss", "cross-entropy")],
+               [("acc", "batch accuracy (right axis)")]),
+              ("learning rate (schedule)", [("lr", "lr of the weights")], [])]
+    for i, (title, left, right) in enumerate(panels):
         ax = fig.add_subplot(2, 2, i + 1)
-        for key, label in series:
-            values = [r.get(key) for r in rows]
-            if all(v is not None for v in values):
-                ax.plot(steps, values, label=label, linewidth=1.4)
+        handles = _plot_series(ax, steps, rows, left, first_colour=0)
+        if right and any(key in r for key, _ in right for r in rows):
+            handles += _plot_series(ax.twinx(), steps, rows, right, first_colour=3)  # a twin axis of its own scale
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("optimiser step")
-        ax.set_ylabel("value")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        if handles:
+            ax.legend(handles=handles, fontsize=8)
     fig.suptitle("Training curves (metrics.jsonl, one point per log step)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def _plot_series(ax, steps: list[int], rows: list[dict], series: list[tuple[str, str]], *, first_colour: int) -> list:
+    """Plot each (key, label) present in every row (an older run may lack "objective": its
+    "total" is shown instead); returns the line handles."""
+    handles = []
+    for j, (key, label) in enumerate(series):
+        if key == "objective" and not all("objective" in r for r in rows):
+            key, label = "total", "total (objective + online cross-entropy)"
+        values = [r.get(key) for r in rows]
+        if all(v is not None for v in values):
+            handles += ax.plot(steps, values, label=label, linewidth=1.4, color=f"C{first_colour + j}")
+    return handles
 
 
 def plot_spectrum(eigenvalues: np.ndarray, path: Path) -> None:
@@ -84,36 +103,51 @@ def plot_spectrum(eigenvalues: np.ndarray, path: Path) -> None:
 
 def _config_summary(cfg) -> list[str]:
     m, l, o, d, di, t = cfg.model, cfg.loss, cfg.optim, cfg.data, cfg.dist, cfg.train
-    loss = f"{l.name}" + (f" (alpha {l.alpha}, t {l.t}, {'stop-grad' if l.stop_grad else 'without stop-grad'})"
+    alpha = f"alpha {l.alpha:g}" + (f" ramped to {l.alpha_final:g}" if l.alpha_final is not None else "")
+    loss = f"{l.name}" + (f" ({alpha}, t {l.t}, {'stop-grad' if l.stop_grad else 'without stop-grad'})"
                           if l.name == "neuralef" else "")
     return [
         "| setting | value |", "|---|---|",
         f"| encoder | {m.arch}{', small-image stem' if m.small_image_stem else ''} |",
         f"| projector | {m.projector_hidden_dim} hidden -> k = {m.projector_out_dim} outputs |",
         f"| objective | {loss} |",
-        f"| optimiser | {o.name}, peak lr {cfg.derived.lr:.4g} (base {o.base_lr} per 256), {o.warmup_epochs:g} warm-up "
-        f"epochs, cosine to {o.final_lr_ratio:g} x, weight decay {o.weight_decay:g} |",
+        f"| optimiser | {o.name}, peak lr {cfg.derived.lr:.4g} (base {o.base_lr} per 256), "
+        f"{plural(o.warmup_epochs, 'warm-up epoch')}, cosine to {o.final_lr_ratio:g} x, "
+        f"weight decay {o.weight_decay:g} |",
         f"| data | `{d.train_path}`, {d.resolution} px crops, batch {d.batch_size_per_worker} per worker |",
         f"| workers | {di.num_workers} x ({di.cpus_per_worker} CPU, {di.gpus_per_worker:g} GPU), global batch "
         f"{cfg.derived.global_batch_size}, precision {di.precision}, ZeRO {di.zero_stage} |",
-        f"| length | {t.epochs} epochs{f', at most {t.max_steps} steps' if t.max_steps else ''}, seed {t.seed} |",
+        f"| length | {_length_words(cfg)} |",
+        f"| seed | {t.seed} |",
     ]
 
 
-def _training_section(run_dir: Path, rows: list[dict], status: Optional[dict], report: Path) -> list[str]:
+def _length_words(cfg) -> str:
+    """The planned run (config.yaml's derived plan), or the config's keys for a run resolved
+    before the plan was recorded."""
+    if cfg.derived.total_steps is not None:
+        return plan_in_words(cfg)
+    t = cfg.train
+    return plural(t.epochs, "epoch") + (f", at most {plural(t.max_steps, 'step')}" if t.max_steps else "")
+
+
+def _training_section(run_dir: Path, rows: list[dict], status: Optional[dict], report: Path,
+                      steps_per_epoch: Optional[int]) -> list[str]:
     lines = ["## Training", ""]
     if status:
-        lines.append(f"Status: **{status.get('status')}** at step {status.get('step')} of {status.get('total_steps')} "
-                     f"(epoch {status.get('epoch')}). {status.get('message', '')}")
+        step, total = status.get("step"), status.get("total_steps")
+        lines.append(f"Status: **{status.get('status')}** at step {step} of {total} planned"
+                     f"{_epoch_words(step, total, steps_per_epoch)}. {status.get('message', '')}")
     attempts = RunDir(run_dir).read_attempts()
     if attempts:
-        lines.append(f"Worker-group starts: {len(attempts)} (resumed from steps "
-                     f"{[a.get('resumed_from_step') for a in attempts]}).")
+        lines.append(_attempts_words([a.get("resumed_from_step") for a in attempts]))
     if rows:
         rates = [r["images_per_sec"] for r in rows if r.get("images_per_sec")]
         first, last = rows[0], rows[-1]
-        lines += ["", f"Objective at the first log step ({first['step']}): {first['total']:.4g}; at the last "
-                      f"({last['step']}): {last['total']:.4g}. Throughput: median {statistics.median(rates):.0f} "
+        name = "objective (loss + alpha x reg)" if "objective" in first else "total (objective + online cross-entropy)"
+        value = "objective" if "objective" in first else "total"
+        lines += ["", f"The {name} at the first log step ({first['step']}): {first[value]:.4g}; at the last "
+                      f"({last['step']}): {last[value]:.4g}. Throughput: median {statistics.median(rates):.0f} "
                       "images/s over all workers (each image gives two views).", ""]
         plot_training(rows, report / "training_curves.png")
         lines.append("![training curves](training_curves.png)")
@@ -123,13 +157,31 @@ def _training_section(run_dir: Path, rows: list[dict], status: Optional[dict], r
     return lines
 
 
-def _spectrum_section(run_dir: Path, report: Path) -> list[str]:
+def _epoch_words(step: Optional[int], total: Optional[int], steps_per_epoch: Optional[int]) -> str:
+    """", in epoch 1 of 2 (468 steps each)": epochs counted from 1, as the console counts them."""
+    if not step or not total or not steps_per_epoch:
+        return ""
+    epoch, epochs = -(-step // steps_per_epoch), -(-total // steps_per_epoch)
+    return f", in epoch {epoch} of {epochs} ({plural(steps_per_epoch, 'step')} each)"
+
+
+def _attempts_words(resumed_from: list[Optional[int]]) -> str:
+    """The starts in words, e.g. "2 starts: a fresh start, then a resume from step 40"."""
+    words = ["a fresh start" if step is None else f"a resume from step {step}" for step in resumed_from]
+    listed = words[0] if len(words) == 1 else ", ".join(words[:-1]) + ", then " + words[-1]
+    return f"Worker-group starts: {plural(len(words), 'start')}: {listed}."
+
+
+def _spectrum_section(run_dir: Path, report: Path) -> tuple[list[str], Optional[float], bool]:
+    """The section's lines, the Spearman order (None when unknown) and whether the objective has
+    eigenvalue estimates at all."""
     try:
         stats = load_run(run_dir).model.statistics()
     except ValueError as e:
-        return ["## Eigenvalue spectrum", "", f"Not available: {e}", ""]
+        return ["## Eigenvalue spectrum", "", f"Not available: {e}", ""], None, True
     if stats is None:
-        return ["## Eigenvalue spectrum", "", "Not an eigenfunction objective: no eigenvalue estimates.", ""]
+        return (["## Eigenvalue spectrum", "", "Not an eigenfunction objective: no eigenvalue estimates.", ""],
+                None, False)
     ev = stats.eigenvalues.numpy()
     plot_spectrum(ev, report / "spectrum.png")
     order = eigenvalue_order(ev)
@@ -137,7 +189,7 @@ def _spectrum_section(run_dir: Path, report: Path) -> list[str]:
             f"{len(ev)} eigenvalue estimates after {stats.num_updates} updates; first eight: "
             f"{', '.join(f'{v:.3f}' for v in ev[:8])}. Rank correlation between output index and estimate "
             f"(Spearman, -1 = ordered as the stop-grad variant promises): {order:.3f}.", "",
-            "![eigenvalue spectrum](spectrum.png)", ""]
+            "![eigenvalue spectrum](spectrum.png)", ""], order, True
 
 
 def _evaluation_section(run_dir: Path) -> list[str]:
@@ -147,9 +199,11 @@ def _evaluation_section(run_dir: Path) -> list[str]:
         return ["## Linear probe and kNN", "",
                 f"Not run yet: `eigenmap probe {run_dir} --train TRAIN --val VAL`.", ""]
     p, knn = probe["linear_probe"], probe["knn"]
+    classes = probe.get("num_classes")
+    chance = f" Chance top-1: {100 / classes:.2f} (1 of {classes} classes)." if classes else ""
     lines = ["## Linear probe and kNN", "",
              f"Frozen encoder; training set {probe['train']['num_images']} images, validation set "
-             f"{probe['val']['num_images']} images (`{probe['val']['dataset']}`), on {probe['device']}.", "",
+             f"{probe['val']['num_images']} images (`{probe['val']['dataset']}`), on {probe['device']}.{chance}", "",
              f"Linear probe ({p['protocol']}, {p['epochs']} epochs, SGD lr {p['lr']}, batch {p['batch_size']}): "
              f"**top-1 {p['top1']:.2f}**, top-5 {p['top5']:.2f} after the final epoch (best epoch {p['best_epoch']}: "
              f"top-1 {p['best_top1']:.2f}, shown for reference only).", "",
@@ -172,8 +226,8 @@ def knn_capped_note(knn: dict, n_train: int) -> str:
     return f"{ks} {verb} the {n_train} training images: all {n_train} vote, weighted by similarity."
 
 
-def _retrieval_section(run_dir: Path, report: Path) -> list[str]:
-    reports = RunDir(run_dir).retrieval_reports("codes")
+def _retrieval_section(run_dir: Path, report: Path, reports: list[Path], findings: Optional[dict]) -> list[str]:
+    """The newest code-retrieval report of ``reports`` (``RunDir.retrieval_reports("codes")``)."""
     folder = reports[-1].parent if reports else run_dir
     table = folder / "retrieval.md"
     if not reports or not table.is_file():
@@ -182,6 +236,9 @@ def _retrieval_section(run_dir: Path, report: Path) -> list[str]:
     lines = ["## Retrieval with adaptive-length codes", ""]
     body = table.read_text().splitlines()
     lines += [line for line in body if not line.startswith("# ")]  # its own title becomes this section's
+    chance = findings["chance"] if findings else None
+    if chance and not any("chance" in line.lower() for line in body):
+        lines += ["", f"Chance level: mAP@{findings['R']} {chance['map']:.4f} ({chance['definition']})."]
     for png, caption in (("retrieval_map.png", "mAP against code length"), ("retrieval_qps.png", "queries/s")):
         if (folder / png).is_file():
             shutil.copyfile(folder / png, report / png)
@@ -192,11 +249,12 @@ def _retrieval_section(run_dir: Path, report: Path) -> list[str]:
 def _demo_section(demo: Optional[dict]) -> list[str]:
     if not demo:
         return []
+    seconds = demo.get("stage_seconds", {})
     lines = ["## The demo's data and stages", "", demo.get("data_statement", ""), "",
              "| stage | wall seconds |", "|---|---:|"]
-    lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in demo.get("stage_seconds", {}).items()]
-    total = sum(demo.get("stage_seconds", {}).values())
-    lines += [f"| **all** | **{total:.1f}** |", "", f"Device: {demo.get('device', 'cpu')}.", ""]
+    lines += [f"| {stage} | {s:.1f} |" for stage, s in seconds.items()]
+    lines += [f"| **all before this report** | **{sum(seconds.values()):.1f}** |", "",
+              f"Device: {demo.get('device', 'cpu')}.", ""]
     return lines
 
 
@@ -209,28 +267,57 @@ def _evaluations_listing(run: RunDir) -> list[str]:
         rows.append(f"| `{path.parent.relative_to(run.path)}` | {sets or 'not recorded'} |")
     if not rows:
         return []
-    return ["## Evaluations in this run", "", "| report | inputs |", "|---|---|", *rows, ""]
+    return ["## Evaluations in this run", "", "| folder | inputs |", "|---|---|", *rows, ""]
 
 
 def write_run_report(run_dir: Path) -> Path:
-    """Write ``RUN/report/report.md`` and its PNGs from the run directory's files; returns its path."""
+    """Write ``RUN/report/report.md`` with its PNGs, and ``RUN/report/report.json`` (the findings
+    as numbers), from the run directory's files; returns the markdown's path."""
     run_dir = Path(run_dir).resolve()
-    report = run_dir / "report"
+    report = RunDir(run_dir).report
     report.mkdir(parents=True, exist_ok=True)
     run = RunDir(run_dir)
     cfg = load_config(run.config)
     rows = run.read_metrics()
     status = run.read_status()
     demo = run.read_demo()
-    lines = [f"# Run report: {run_dir.name}", "", f"Run directory `{run_dir}`; regenerate with "
-             f"`eigenmap report {run_dir}`.", "", "## Configuration", "", *_config_summary(cfg), "",
-             f"The whole resolved config: `{run_dir / 'config.yaml'}`.", ""]
+    spectrum, spearman, eigenfunctions = _spectrum_section(run_dir, report)
+    probes, retrievals = run.probe_reports(), run.retrieval_reports("codes")
+    probe = _read_json(probes[-1]) if probes else None  # the newest of each is shown
+    retrieval = _read_json(retrievals[-1]) if retrievals else None
+    findings = run_findings(spearman=spearman, eigenfunctions=eigenfunctions, retrieval=retrieval, probe=probe,
+                            num_classes=cfg.model.num_classes)
+    findings["run"] = {"run_dir": str(run_dir), "title": _title(run_dir, cfg, status)}
+    lines = [f"# {findings['run']['title']}", "", f"Run directory `{run_dir}`; regenerate with "
+             f"`eigenmap report {run_dir}`; the figures below are also in `report/report.json`.", ""]
+    lines += findings_lines(findings)
+    lines += ["## Configuration", "", *_config_summary(cfg), "",
+              f"The whole resolved config: `{run.config}`.", ""]
     lines += _demo_section(demo)
-    lines += _training_section(run_dir, rows, status, report)
-    lines += _spectrum_section(run_dir, report)
+    lines += _training_section(run_dir, rows, status, report, cfg.derived.steps_per_epoch)
+    lines += spectrum
     lines += _evaluation_section(run_dir)
-    lines += _retrieval_section(run_dir, report)
+    lines += _retrieval_section(run_dir, report, retrievals, findings["retrieval"])
     lines += _evaluations_listing(run)
+    (report / "report.json").write_text(json.dumps(findings, indent=1, allow_nan=False, default=_plain) + "\n")
     path = report / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _title(run_dir: Path, cfg, status: Optional[dict]) -> str:
+    """The title naming the run, e.g. "Run demo/run: resnet18, NeuralEF stop-grad, k = 256, 150 steps on
+    fashion-mnist-train"."""
+    m, l = cfg.model, cfg.loss
+    loss = ("NeuralEF " + ("stop-grad" if l.stop_grad else "without stop-grad")) if l.name == "neuralef" else l.name
+    steps = (status or {}).get("step") or cfg.derived.total_steps
+    length = f", {plural(steps, 'step')}" if steps else ""
+    data = Path(cfg.data.train_path).stem if cfg.data.train_path else "no data"
+    return f"Run {run_dir.parent.name}/{run_dir.name}: {m.arch}, {loss}, k = {m.projector_out_dim}{length} on {data}"
+
+
+def _plain(value):
+    """JSON for the numpy scalars the figures may hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

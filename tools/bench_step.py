@@ -140,11 +140,13 @@ def bare_loop(cfg: Config, args: argparse.Namespace, pre_augmented: bool = False
         v1, v2, labels = next(it)
         fixed = (*augment(v1, v2), labels)
 
+    taken = iter(range(10**12))  # the global step, as the worker loop counts it
+
     def step() -> torch.Tensor:
         if fixed is not None:
-            return train_step(engine, *fixed)["total"]
+            return train_step(engine, *fixed, next(taken))["total"]
         v1, v2, labels = next(it)
-        return train_step(engine, *augment(v1, v2), labels)["total"]
+        return train_step(engine, *augment(v1, v2), labels, next(taken))["total"]
 
     rates = _window_timed(step, args, cfg.data.batch_size_per_worker, device)
     flops = count_step_flops(PlainEngine(model, engine.optimizer, precision), augment, loader) \

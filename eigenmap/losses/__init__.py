@@ -8,6 +8,8 @@ outputs, and owns its running statistics. Losses never import ``eigenmap.models`
 
 from __future__ import annotations
 
+from typing import Optional
+
 from eigenmap.config import LossConfig
 from eigenmap.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from eigenmap.losses.common import LossTerms, Objective, gather_pair
@@ -16,6 +18,7 @@ from eigenmap.losses.matryoshka import MatryoshkaLoss, matryoshka_loss
 from eigenmap.losses.neuralef import NeuralEFLoss, neuralef_loss, neuralef_terms
 from eigenmap.losses.simclr import NTXentLoss, nt_xent_loss
 from eigenmap.losses.spectral_contrastive import SpectralContrastiveLoss, spectral_contrastive_loss
+from eigenmap.train.schedule import AlphaSchedule
 
 __all__ = [
     "LossTerms", "Objective", "gather_pair", "build_loss",
@@ -27,23 +30,27 @@ __all__ = [
     "matryoshka_loss", "MatryoshkaLoss",
 ]
 
+# each builder: (loss config, k, alpha schedule) -> Objective
 _BUILDERS = {
-    "neuralef": lambda c, k: NeuralEFLoss(
-        k, alpha=c.alpha, t=c.t, stop_grad=c.stop_grad, ema_momentum=c.ema_momentum,
+    "neuralef": lambda c, k, alpha: NeuralEFLoss(
+        k, alpha=alpha, t=c.t, stop_grad=c.stop_grad, ema_momentum=c.ema_momentum,
         gather_distributed=c.gather_distributed),
-    "simclr": lambda c, k: NTXentLoss(temperature=c.temperature, gather_distributed=c.gather_distributed),
-    "barlow_twins": lambda c, k: BarlowTwinsLoss(
+    "simclr": lambda c, k, alpha: NTXentLoss(temperature=c.temperature, gather_distributed=c.gather_distributed),
+    "barlow_twins": lambda c, k, alpha: BarlowTwinsLoss(
         lambda_offdiag=c.barlow_lambda, gather_distributed=c.gather_distributed),
-    "spectral_contrastive": lambda c, k: SpectralContrastiveLoss(mu=c.spectral_mu,
-                                                               gather_distributed=c.gather_distributed),
-    "matryoshka": lambda c, k: MatryoshkaLoss(
+    "spectral_contrastive": lambda c, k, alpha: SpectralContrastiveLoss(mu=c.spectral_mu,
+                                                                      gather_distributed=c.gather_distributed),
+    "matryoshka": lambda c, k, alpha: MatryoshkaLoss(
         c.nested_lengths(k), weights=c.matryoshka_weights, temperature=c.temperature,
         gather_distributed=c.gather_distributed),
 }
 
 
-def build_loss(cfg: LossConfig, k: int) -> Objective:
-    """The objective named by ``cfg.name`` for k-dim outputs; ``forward(z1, z2) -> LossTerms``.
+def build_loss(cfg: LossConfig, k: int, *, total_steps: Optional[int] = None) -> Objective:
+    """The objective named by ``cfg.name`` for k-dim outputs; ``forward(z1, z2, step) -> LossTerms``.
+
+    ``total_steps``: the planned run (``derived.total_steps``), which a ramped reg weight
+    (``loss.alpha_final``) spans; a constant one needs no plan.
 
     Raises:
         ValueError: an unknown name; ConfigError: loss keys that do not fit k (e.g. a Matryoshka
@@ -52,4 +59,4 @@ def build_loss(cfg: LossConfig, k: int) -> Objective:
     if cfg.name not in _BUILDERS:
         raise ValueError(f"unknown loss {cfg.name!r}; accepted: {', '.join(_BUILDERS)}")
     cfg.check_matryoshka(k)
-    return _BUILDERS[cfg.name](cfg, k)
+    return _BUILDERS[cfg.name](cfg, k, AlphaSchedule.of(cfg, total_steps))

@@ -10,9 +10,11 @@ official implementation to float64 round-off (tests/losses/test_neuralef_referen
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from eigenmap.losses.common import LossTerms, Objective, gather_pair
+from eigenmap.losses.common import LossTerms, Objective, Weight, gather_pair, weight_at
 from eigenmap.losses.l2bn import L2BatchNorm, l2_batchnorm
 
 __all__ = ["neuralef_terms", "neuralef_loss", "NeuralEFLoss"]
@@ -57,22 +59,28 @@ def neuralef_loss(
 class NeuralEFLoss(Objective):
     """NeuralEF objective with its L2-BatchNorm running statistics.
 
-    ``forward(z1, z2)`` takes this worker's projector outputs [B, k] x 2, gathers them from all
-    workers when ``gather_distributed`` (autograd-aware; the statistics are then computed on the
-    global batch and agree on every worker), applies L2-BatchNorm (updating its running mean
-    square and eigenvalue estimates in training mode) and returns loss, reg and
-    total = loss + alpha * reg.
+    ``forward(z1, z2, step=None)`` takes this worker's projector outputs [B, k] x 2, gathers them
+    from all workers when ``gather_distributed`` (autograd-aware; the statistics are then computed
+    on the global batch and agree on every worker), applies L2-BatchNorm (updating its running
+    mean square and eigenvalue estimates in training mode) and returns loss, reg,
+    total = loss + alpha * reg and alpha.
+
+    ``alpha`` is a number, or the reg weight's schedule: a pure function of the global step
+    (:class:`eigenmap.train.schedule.AlphaSchedule`, which :func:`eigenmap.losses.build_loss`
+    gives it), evaluated at the ``step`` each forward is given.
     """
 
-    def __init__(self, k: int, *, alpha: float, t: float = 10.0, stop_grad: bool = True,
+    def __init__(self, k: int, *, alpha: Weight, t: float = 10.0, stop_grad: bool = True,
                  ema_momentum: float = 0.99, gather_distributed: bool = False):
         super().__init__()
         self.alpha, self.stop_grad, self.gather_distributed = alpha, stop_grad, gather_distributed
         self.l2bn = L2BatchNorm(k, t=t, momentum=ema_momentum)
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossTerms:
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor, step: Optional[int] = None) -> LossTerms:
         if self.gather_distributed:
             z1, z2 = gather_pair(z1, z2)
         psi1, psi2 = self.l2bn(z1, z2)
         loss, reg = neuralef_terms(psi1, psi2, stop_grad=self.stop_grad)
-        return LossTerms(total=loss + self.alpha * reg, loss=loss, reg=reg)
+        alpha = weight_at(self.alpha, step)
+        # new_full: a fill on the device, no host-to-device copy (which would wait for the stream)
+        return LossTerms(total=loss + alpha * reg, loss=loss, reg=reg, alpha=reg.detach().new_full((), alpha))

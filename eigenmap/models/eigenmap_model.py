@@ -39,22 +39,29 @@ class EigenmapModel(nn.Module):
         """Eigenvalue and mean-square estimates [k] of a NeuralEF model (CPU copies), else None."""
         return self.l2bn.statistics() if self.l2bn is not None else None
 
-    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                step: Optional[int] = None) -> dict[str, torch.Tensor]:
         """One training forward.
 
         Args:
             x: [2B, 3, H, W], view 1 of B images then view 2 of the same images.
             labels: [B] int64 class labels for the online classifier, or None.
+            step: the global optimiser step (0-based) this forward belongs to, which the
+                objective's scheduled weights are functions of (None: none is scheduled).
 
         Returns:
-            0-dim tensors: "total" (objective + online CE, what to backward), "loss", "reg",
-            "cls_loss" and "acc" (zero without labels or head). No host synchronisation.
+            0-dim tensors: "total" (objective + online CE, what to backward), "objective" (what
+            shapes the encoder: loss + alpha * reg), "loss", "reg", "alpha" (objectives with a
+            reg weight only), "cls_loss" and "acc" (zero without labels or head). No host
+            synchronisation.
         """
         feats = self.backbone(x)  # [2B, F]
         z = self.projector(feats)  # [2B, k]
         z1, z2 = z.chunk(2)
-        terms = self.objective(z1, z2)
-        out = {"total": terms.total, "loss": terms.loss, "reg": terms.reg}
+        terms = self.objective(z1, z2, step)
+        out = {"total": terms.total, "objective": terms.total, "loss": terms.loss, "reg": terms.reg}
+        if terms.alpha is not None:
+            out["alpha"] = terms.alpha
         if self.online_head is not None and labels is not None:
             logits = self.online_head(feats[: labels.shape[0]].detach())
             out["cls_loss"] = F.cross_entropy(logits, labels)
@@ -92,10 +99,11 @@ class EigenmapModel(nn.Module):
 
 
 def build_model(cfg: Config) -> EigenmapModel:
-    """The model described by ``cfg.model`` and ``cfg.loss``."""
+    """The model described by ``cfg.model`` and ``cfg.loss`` (a ramped reg weight spans
+    ``cfg.derived.total_steps``, the planned run)."""
     m = cfg.model
     backbone, feat_dim = build_backbone(m.arch, small_image_stem=m.small_image_stem)
     projector = build_projector(feat_dim, m.projector_hidden_dim, m.projector_out_dim)
-    objective = build_loss(cfg.loss, m.projector_out_dim)
+    objective = build_loss(cfg.loss, m.projector_out_dim, total_steps=cfg.derived.total_steps)
     return EigenmapModel(backbone, feat_dim, projector, objective,
                          m.num_classes if m.online_classifier else None)

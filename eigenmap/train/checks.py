@@ -3,8 +3,10 @@
 Every entry point (``eigenmap train``, ``python -m eigenmap.train.worker``, the benchmarks)
 goes through :func:`load_train_config` or :func:`prepare_train_config`: YAML + overrides,
 paths made absolute (Ray workers run in their own working directories), derived values
-resolved, then :func:`check_train_config`. A bad run fails in a second with a message naming
-the key, not minutes later inside a Ray worker.
+resolved (the run's plan from the training set's image count: steps per epoch by the loader's
+own sharding rule, :func:`eigenmap.data.sharding.steps_per_epoch`, total and warm-up steps), then
+:func:`check_train_config`. A bad run fails in a second with a message naming the key, not
+minutes later inside a Ray worker.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 from eigenmap.config import Config, ConfigError, load_config, resolve
-from eigenmap.data.beton_check import beton_problems
+from eigenmap.data.beton_check import BetonError, beton_num_samples, beton_problems
 from eigenmap.data.manifest import ManifestError, manifest_path, read_manifest
+from eigenmap.data.sharding import steps_per_epoch
 from eigenmap.data.synthetic import SYNTHETIC
 from eigenmap.durable import folder_lock
 
@@ -34,8 +37,13 @@ def load_train_config(path: Union[str, Path], overrides: typing.Sequence[str] = 
 def prepare_train_config(cfg: Config, *, check_paths: bool = True) -> Config:
     """``cfg`` with absolute paths and derived values, checked; a new config.
 
+    With ``check_paths`` (the default) the training data is checked and counted, and the
+    ``derived`` section holds the run's plan (steps per epoch, total and warm-up steps); without
+    it the plan stays null unless the data is the synthetic source.
+
     Raises:
-        ConfigError: a failed check (see :func:`check_train_config`).
+        ConfigError: a failed check (see :func:`check_train_config`), or a training set too small
+            for one step of the global batch.
     """
     cfg = resolve(cfg)
     cfg.train.run_dir = _absolute(cfg.train.run_dir)
@@ -43,7 +51,33 @@ def prepare_train_config(cfg: Config, *, check_paths: bool = True) -> Config:
         cfg.data.train_path = _absolute(cfg.data.train_path)
     cfg.data.val_path = _absolute(cfg.data.val_path)
     check_train_config(cfg, check_paths=check_paths)
-    return cfg
+    images = _train_images(cfg) if check_paths or cfg.data.train_path == SYNTHETIC else None
+    if images is None:
+        return cfg
+    workers, batch = cfg.dist.num_workers, cfg.data.batch_size_per_worker
+    steps = steps_per_epoch(images, world_size=workers, batch_size=batch)
+    if cfg.data.train_path == SYNTHETIC:
+        steps = max(steps, 1)  # the synthetic source cycles its pool: one step at least
+    elif steps == 0:
+        raise ConfigError(f"config key 'data.batch_size_per_worker' ({batch}): '{cfg.data.train_path}' has {images} "
+                          f"images, too few for one step of {workers} workers x {batch}; set "
+                          f"data.batch_size_per_worker={max(images // workers, 1)} or lower")
+    return resolve(cfg, train_images=images, steps_per_epoch=steps)
+
+
+def _train_images(cfg: Config) -> Optional[int]:
+    """Images in the training set: the synthetic source's count, the manifest's, else the FFCV
+    header's (a file FFCV wrote directly)."""
+    path = cfg.data.train_path
+    if path == SYNTHETIC:
+        return cfg.data.synthetic_images
+    manifest = _manifest_or_none(path)
+    if manifest is not None:
+        return int(manifest["num_images"])
+    try:
+        return beton_num_samples(path)
+    except BetonError as e:
+        raise ConfigError(f"config key 'data.train_path': {e}") from None
 
 
 def _absolute(path: str) -> str:

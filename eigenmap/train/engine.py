@@ -133,7 +133,7 @@ def build_engine(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer
 class PlainEngine:
     """A bare model and optimiser behind the DeepSpeed engine's step interface.
 
-    ``engine(x, labels)`` (forward under autocast for bf16/fp16), ``engine.backward(loss)``
+    ``engine(x, labels, step)`` (forward under autocast for bf16/fp16), ``engine.backward(loss)``
     (scaled for fp16) and ``engine.step()`` (optimiser step, then gradients set to None), and
     ``engine.module``: so :func:`eigenmap.train.step.train_step` runs unchanged without a
     process group or DeepSpeed. This is the bare loop ``tools/bench_step.py`` compares the
@@ -147,11 +147,12 @@ class PlainEngine:
         # loss scaling only for fp16: bf16 has fp32's exponent range
         self.scaler = torch.amp.GradScaler(self.device_type) if precision == "fp16" else None
 
-    def __call__(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                 step: Optional[int] = None) -> dict[str, torch.Tensor]:
         autocast = (torch.autocast(self.device_type, dtype=self.dtype) if self.dtype is not None
                     else contextlib.nullcontext())
         with autocast:
-            return self.module(x, labels)
+            return self.module(x, labels, step)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()

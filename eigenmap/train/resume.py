@@ -4,11 +4,14 @@ A run resumes from its latest checkpoint whenever it starts on a run directory t
 Some settings change what that checkpoint means: the batch and the worker count (the loader
 position is counted in steps of the old global batch; ZeRO shards are per worker), the data,
 the model and the loss (the weights and statistics belong to them), the seed (the data order
-and augmentations), the optimiser and ZeRO stage (the optimiser state's layout). A start that
-changes any of them is refused, naming each changed key with its old and new value, unless
-the user passes ``--allow-config-change``; the loader position is then re-derived from the
-images already seen in the current epoch (:func:`reposition`). Every other key (epochs,
-max_steps, logging, checkpoints, lr schedule, augmentation strengths...) may change freely.
+and augmentations), the optimiser and ZeRO stage (the optimiser state's layout), and the plan
+the schedules span (``derived.total_steps`` and ``derived.warmup_steps``, from ``train.epochs``,
+``train.max_steps`` and ``optim.warmup_epochs``: a resumed run keeps the plan it started with).
+A start that changes any of them is refused, naming each changed key with its old and new
+value, unless the user passes ``--allow-config-change``; the loader position is then
+re-derived from the images already seen in the current epoch (:func:`reposition`), and the
+schedules follow the new plan from the checkpoint's step. Every other key (logging,
+checkpoints, the lr's peak and floor, augmentation strengths...) may change freely.
 
 The old values come from the checkpoint itself (``meta.json`` records the resolved config and
 the identity of the training data), so a start that changed settings and died before its
@@ -36,11 +39,12 @@ __all__ = ["Change", "MEANING_KEYS", "meaning_changes", "check_resume", "reposit
 log = logging.getLogger(__name__)
 
 ALLOW_FLAG = "--allow-config-change"
-ALLOW_HELP = ("resume although the batch, worker count, data, model, loss, seed, optimiser or ZeRO stage changed "
-              "since the run's checkpoint (the loader position is re-derived from the images seen in the epoch)")
+ALLOW_HELP = ("resume although the batch, worker count, data, model, loss, seed, optimiser, ZeRO stage or the "
+              "planned length changed since the run's checkpoint (the loader position is re-derived from the images "
+              "seen in the epoch; warm-up, cosine and alpha ramp follow the new plan from the checkpoint's step)")
 # single keys, and whole sections (a trailing dot)
 MEANING_KEYS = ("data.batch_size_per_worker", "dist.num_workers", "data.train_path", "train.seed",
-                "optim.name", "dist.zero_stage", "model.", "loss.")
+                "optim.name", "dist.zero_stage", "model.", "loss.", "derived.total_steps", "derived.warmup_steps")
 DATA_CONTENTS = "data.train_path (file contents)"
 
 
@@ -123,6 +127,10 @@ def check_resume(cfg: Config, *, allow_config_change: bool = False, report: bool
     if not changes:
         return []
     listing = "\n".join(f"  {c.key}: {c.old!r} -> {c.new!r}" for c in changes)
+    if any(c.key.startswith("derived.") for c in changes):
+        listing += ("\n(derived.total_steps and derived.warmup_steps are the plan the lr warm-up and cosine and "
+                    f"NeuralEF's alpha ramp span; with {ALLOW_FLAG} they follow the new plan from step "
+                    f"{meta.get('step', 'of the checkpoint')}, where the lr moves to the new schedule's value)")
     if not allow_config_change:
         raise ConfigError(
             f"run directory '{run_dir}' resumes from {latest.name}, and these settings change what that checkpoint "

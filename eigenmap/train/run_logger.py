@@ -3,8 +3,10 @@
 Every method is a no-op on ranks other than 0, so the loop calls them unconditionally.
 TensorBoard tags (read back by the tests):
 
-- ``train/loss``, ``train/reg``, ``train/total``, ``train/cls_loss``, ``train/online_acc``,
-  ``train/lr``: at log steps;
+- ``train/objective`` (loss + alpha * reg: what shapes the encoder), ``train/loss``,
+  ``train/reg``, ``train/alpha`` (NeuralEF's reg weight), ``train/total`` (the objective plus
+  the online classifier's cross-entropy: what the backward runs on), ``train/cls_loss``,
+  ``train/online_acc``, ``train/lr``: at log steps;
 - ``perf/images_per_sec_per_worker``, ``perf/images_per_sec``: source images (each gives two
   views) per second over the last log window;
 - ``spectrum/eigenvalues`` (histogram) and ``spectrum/eigenvalues_plot`` (line plot image):
@@ -28,8 +30,8 @@ from eigenmap.run_layout import RunDir
 
 __all__ = ["RunLogger", "spectrum_plot", "keep_rows_up_to"]
 
-SCALAR_TAGS = {"loss": "train/loss", "reg": "train/reg", "total": "train/total",
-               "cls_loss": "train/cls_loss", "acc": "train/online_acc", "lr": "train/lr"}
+SCALAR_TAGS = {"objective": "train/objective", "loss": "train/loss", "reg": "train/reg", "alpha": "train/alpha",
+               "total": "train/total", "cls_loss": "train/cls_loss", "acc": "train/online_acc", "lr": "train/lr"}
 
 
 def spectrum_plot(eigenvalues: np.ndarray, height: int = 240, width: int = 400) -> np.ndarray:
@@ -88,7 +90,11 @@ def keep_rows_up_to(path: Path, step: int) -> None:
 
 
 class RunLogger:
-    """Progress bar (step, epoch, loss, images/s, ETA), TensorBoard and ``metrics.jsonl``.
+    """Progress bar (step, epoch, objective, images/s, ETA), TensorBoard and ``metrics.jsonl``.
+
+    Epochs are shown counted from 1 ("epoch 2/3": the step is in the second of three planned
+    epochs), as the run report counts them; ``metrics.jsonl`` keeps the loop's 0-based ``epoch``
+    index of the epoch each row's step is in.
 
     The bar is tqdm on a terminal; when stderr is not one (a Ray worker, a batch job's log) it
     is one text line per log step instead, which log collectors forward as it comes.
@@ -104,10 +110,11 @@ class RunLogger:
         rank: only rank 0 writes or shows anything.
         total_steps, start_step: for the bar and its ETA; ``start_step``: where this attempt
             resumes (0 for a fresh start), see above.
+        steps_per_epoch: for the planned epoch count shown beside the epoch (None: not shown).
     """
 
     def __init__(self, run_dir: Path, *, rank: int, total_steps: int, start_step: int = 0,
-                 progress_bar: bool = True, tensorboard: bool = True):
+                 steps_per_epoch: Optional[int] = None, progress_bar: bool = True, tensorboard: bool = True):
         self.active = rank == 0
         self.text_progress = False
         self.bar = self.writer = self.jsonl = None
@@ -124,6 +131,7 @@ class RunLogger:
         keep_rows_up_to(RunDir(run_dir).metrics, start_step)
         self.jsonl = open(RunDir(run_dir).metrics, "a", buffering=1)
         self.total_steps, self.start_step, self.started = total_steps, start_step, time.perf_counter()
+        self.epochs = -(-total_steps // steps_per_epoch) if steps_per_epoch else None
         self.text_progress = progress_bar and not sys.stderr.isatty()
         if progress_bar and not self.text_progress:
             from tqdm.auto import tqdm
@@ -151,14 +159,16 @@ class RunLogger:
             self.jsonl.write(json.dumps({"step": step, "epoch": epoch, **values,
                                          "images_per_sec": total_rate,
                                          "images_per_sec_per_worker": images_per_sec_per_worker}) + "\n")
+        shown_epoch = f"{epoch + 1}/{self.epochs}" if self.epochs else f"{epoch + 1}"
+        objective = values.get("objective", values.get("total", float("nan")))
         if self.bar is not None:
-            self.bar.set_postfix(epoch=epoch, loss=f"{values.get('loss', float('nan')):.4g}",
-                                 img_s=f"{total_rate:.0f}", refresh=False)
+            self.bar.set_postfix(epoch=shown_epoch, objective=f"{objective:.4g}", img_s=f"{total_rate:.0f}",
+                                 refresh=False)
         elif self.text_progress:  # a log file or Ray's forwarded output: one line per log step, no \r
             done = step - self.start_step
             eta = (time.perf_counter() - self.started) / max(done, 1) * (self.total_steps - step)
-            print(f"train: step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) epoch {epoch} "
-                  f"loss {values.get('loss', float('nan')):.4g} images/s {total_rate:.0f} "
+            print(f"train: step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) epoch {shown_epoch} "
+                  f"objective {objective:.4g} images/s {total_rate:.0f} "
                   f"ETA {datetime.timedelta(seconds=round(eta))}", file=sys.stderr, flush=True)
 
     def spectrum(self, step: int, eigenvalues: Optional[torch.Tensor]) -> None:

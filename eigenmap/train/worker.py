@@ -51,14 +51,12 @@ from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP, reposition
 from eigenmap.train.run_logger import RunLogger
 from eigenmap.train.run_start import (ABORTED, REFUSALS, command_line, report_end, start_sentence,
                                       starting_run)
-from eigenmap.train.schedule import alpha_at, lr_factor
+from eigenmap.train.schedule import StepPlan
 from eigenmap.train.step import train_step
 
 __all__ = ["train", "build_loader", "build_augment", "main"]
 
 log = logging.getLogger(__name__)
-
-LOGGED_TERMS = ("loss", "reg", "total", "cls_loss", "acc")
 
 
 def build_loader(cfg: Config, *, rank: int, world_size: int, device: torch.device):
@@ -75,36 +73,6 @@ def build_augment(cfg: Config, *, rank: int, device: torch.device) -> BatchAugme
     memory format the model wants; compiled with the model (``dist.compile``, GPUs only)."""
     return BatchAugment(cfg.data, seed=cfg.train.seed * 65_536 + rank, device=device,
                         channels_last=cfg.model.channels_last, compile=cfg.dist.compile)
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """How long the run is, in optimiser steps; the lr schedule always spans the planned run."""
-
-    steps_per_epoch: int
-    planned_steps: int  # train.epochs * steps_per_epoch
-    total_steps: int  # planned_steps, or train.max_steps when that is sooner
-    warmup_steps: int
-    final_lr_ratio: float
-    # NeuralEF's (loss.alpha, loss.alpha_final, loss.alpha_ramp_start) when ramped
-    alpha_ramp: Optional[tuple[float, float, float]] = None
-
-    @classmethod
-    def of(cls, cfg: Config, steps_per_epoch: int) -> "StepPlan":
-        planned = cfg.train.epochs * steps_per_epoch
-        ramp = ((cfg.loss.alpha, cfg.loss.alpha_final, cfg.loss.alpha_ramp_start)
-                if cfg.loss.alpha_final is not None else None)
-        return cls(steps_per_epoch, planned, min(planned, cfg.train.max_steps or planned),
-                   min(round(cfg.optim.warmup_epochs * steps_per_epoch), planned), cfg.optim.final_lr_ratio, ramp)
-
-    def lr_factor(self, step: int) -> float:
-        return lr_factor(step, total_steps=self.planned_steps, warmup_steps=self.warmup_steps,
-                         final_ratio=self.final_lr_ratio)
-
-    def alpha(self, step: int) -> float:
-        """NeuralEF's reg weight at ``step`` (only with ``alpha_ramp``); like the lr, it spans the planned run."""
-        start, final, ramp_start = self.alpha_ramp
-        return alpha_at(step, total_steps=self.planned_steps, start=start, final=final, ramp_start=ramp_start)
 
 
 @dataclass
@@ -189,7 +157,7 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
         save_config(cfg, run.config)
     store = store or LocalCheckpointStore(run.checkpoints, cfg.train.keep_checkpoints)
     loader = build_loader(cfg, rank=rank, world_size=world, device=device)
-    plan = StepPlan.of(cfg, len(loader))
+    plan = _plan(cfg, len(loader))
     model = _setup_model(cfg, device, world)
     engine, optimizer = build_engine(cfg, model, build_optimizer(model, cfg), device, precision_of(cfg, device))
     if cfg.dist.compile:
@@ -204,7 +172,8 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
             print(f"train: {start_sentence(run.path, ckpt, state.step)}", file=sys.stderr, flush=True)
     _record_worker(run, rank, device, resumed_from)
     logger = RunLogger(run.path, rank=rank, total_steps=plan.total_steps, start_step=state.step,
-                       progress_bar=cfg.train.progress_bar, tensorboard=cfg.train.tensorboard)
+                       steps_per_epoch=plan.steps_per_epoch, progress_bar=cfg.train.progress_bar,
+                       tensorboard=cfg.train.tensorboard)
     run_info = {"config": to_dict(cfg), "data": dataset_identity(cfg.data.train_path)}
     parts = WorkerParts(engine, optimizer, loader, augment, store, logger, StopRequest(run.path), run_info)
     try:
@@ -220,17 +189,45 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
     return summary
 
 
+def _plan(cfg: Config, loader_steps: int) -> StepPlan:
+    """The run's plan from the resolved config, checked against the loader this worker built:
+    the launcher planned it from the same sharding rule, so a difference is a bug, not a setting."""
+    try:
+        plan = StepPlan.of(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if plan.steps_per_epoch != loader_steps:
+        raise RuntimeError(f"the config plans {plan.steps_per_epoch} steps per epoch (derived.steps_per_epoch) but "
+                           f"this worker's loader has {loader_steps}: the data changed after the config was resolved, "
+                           "or the planning rule and the loader's sharding disagree")
+    return plan
+
+
 def _resume(cfg: Config, ckpt: Path, engine: Any, augment: BatchAugment, plan: StepPlan,
             allow_config_change: bool) -> TrainerState:
     """Restore ``ckpt``; where the global batch changed (allowed), re-derive the loader position."""
     state = read_checkpoint(ckpt, engine, augment, allow_world_change=allow_config_change)
-    old_batch = read_meta(ckpt).get("config", {}).get("derived", {}).get("global_batch_size")
+    old_derived = read_meta(ckpt).get("config", {}).get("derived", {})
+    old_batch = old_derived.get("global_batch_size")
     moved = reposition(state, old_global_batch=old_batch or cfg.derived.global_batch_size,
                        new_global_batch=cfg.derived.global_batch_size, steps_per_epoch=plan.steps_per_epoch)
-    if dist.get_rank() == 0 and moved != state:
-        log.warning("loader position re-derived for global batch %d (was %s): epoch %d, step %d in epoch",
-                    cfg.derived.global_batch_size, old_batch, moved.epoch, moved.step_in_epoch)
+    if dist.get_rank() == 0:  # the start sentence has said where it resumes
+        if moved != state:
+            log.warning("loader position re-derived for global batch %d (was %s): epoch %d, step %d in epoch",
+                        cfg.derived.global_batch_size, old_batch, moved.epoch + 1, moved.step_in_epoch)
+        _warn_replanned(old_derived, plan, state.step)
     return moved
+
+
+def _warn_replanned(old: dict, plan: StepPlan, step: int) -> None:
+    """A resume allowed to change the plan follows the new one from ``step``: say where the lr goes."""
+    before = (old.get("total_steps"), old.get("warmup_steps"))
+    if None in before or before == (plan.total_steps, plan.warmup_steps):
+        return
+    was = StepPlan(plan.steps_per_epoch, before[0], before[1], plan.final_lr_ratio)
+    log.warning("the schedule follows the new plan from step %d: %d planned steps (was %d), %d warm-up (was %d); "
+                "the lr there is %.4g of its peak (the old plan: %.4g)", step, plan.total_steps, was.total_steps,
+                plan.warmup_steps, was.warmup_steps, plan.lr_factor(step), was.lr_factor(step))
 
 
 class _RateWindow:
@@ -264,9 +261,7 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
         ahead = AugmentAhead(parts.loader, parts.augment)
         for x1, x2, labels in ahead:
             set_lr(parts.optimizer, plan.lr_factor(state.step))
-            if plan.alpha_ramp is not None:
-                parts.model.objective.alpha = plan.alpha(state.step)
-            out = train_step(parts.engine, x1, x2, labels)
+            out = train_step(parts.engine, x1, x2, labels, state.step)
             nonfinite |= ~torch.isfinite(out["total"].detach())
             state.step += 1
             state.step_in_epoch += 1
@@ -301,8 +296,9 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
             if epoch_end or last:
                 break
         if state.step == epoch_start:  # an epoch without a batch would repeat forever
-            raise RuntimeError(f"the loader yielded no batch for epoch {state.epoch} from step {state.step_in_epoch} "
-                               f"of {plan.steps_per_epoch} while {plan.total_steps - state.step} steps remain")
+            raise RuntimeError(f"the loader yielded no batch for epoch {state.epoch + 1} from step "
+                               f"{state.step_in_epoch} of {plan.steps_per_epoch} while "
+                               f"{plan.total_steps - state.step} steps remain")
     return _summary("finished", state, plan, metrics, f"finished {state.step} steps")
 
 
@@ -319,10 +315,9 @@ def _save(parts: WorkerParts, state: TrainerState, metrics: dict[str, float], ah
 
 
 def _log(parts: WorkerParts, state: TrainerState, out: dict[str, torch.Tensor], rate: float) -> dict[str, float]:
-    values = torch.stack([out[k].detach().float() for k in LOGGED_TERMS]).tolist()  # one host read
-    metrics = {**dict(zip(LOGGED_TERMS, values)), "lr": parts.optimizer.param_groups[0]["lr"]}
-    if hasattr(parts.model.objective, "alpha"):  # NeuralEF: the reg weight, ramped or not
-        metrics["alpha"] = float(parts.model.objective.alpha)
+    """Every term the model returned (NeuralEF's alpha among them) and the lr, read in one go."""
+    values = torch.stack([v.detach().float() for v in out.values()]).tolist()  # one host read
+    metrics = {**dict(zip(out, values)), "lr": parts.optimizer.param_groups[0]["lr"]}
     parts.logger.scalars(state.step, state.epoch, metrics, images_per_sec_per_worker=rate,
                          world_size=dist.get_world_size())
     return metrics

@@ -62,5 +62,14 @@ def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tm
     assert "k = 20, k = 200 exceed" not in report  # 20 fits it
     assert summary["report"] == str(report_dir / "report.md")
     announced = [line for line in done.stdout.splitlines() if line.startswith("report: ")]
-    assert len(announced) == 1, done.stdout  # the report is written twice, announced once
-    assert "| report |" in report  # the second, quiet pass holds the report stage's own time
+    assert len(announced) == 1, done.stdout  # written once, announced once
+    # demo.json is written once, before the report, which lists the stages before it; the report's
+    # own time is in --json
+    assert "| report |" not in report and "| **all before this report** |" in report
+    assert set(json.loads((out / "run" / "demo.json").read_text())["stage_seconds"]) == (
+        set(summary["stage_seconds"]) - {"report"})
+    # the findings open the report, go to report.json, and are printed at the end of the demo
+    assert report.index("## Findings") < report.index("## Configuration")
+    findings = json.loads((report_dir / "report.json").read_text())
+    assert {"eigenvalue_order", "retrieval", "classification"} <= set(findings)
+    assert "## Findings" in done.stdout and "**Eigenvalue order:** Spearman" in done.stdout

@@ -41,6 +41,7 @@ def test_two_workers_one_per_node_train_with_every_zero_stage(zero_stage, launch
     if zero_stage == 2:  # the same command on the same run dir resumes (Ray's snapshot there), shards and all
         again = eigenmap_train(str(launch_config), f"data.train_path={small_beton}", f"train.run_dir={run_dir}",
                                "dist.zero_stage=2", f"train.max_steps={steps + 2}",
+                               "--allow-config-change",  # two steps past its plan
                                "--address", ray_two_nodes, "--json", str(out))
         assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
         attempts = [json.loads(line) for line in (run_dir / "attempts.jsonl").read_text().splitlines()]

@@ -54,9 +54,12 @@ def test_model_takes_both_views_in_one_batch_and_returns_every_term():
     torch.manual_seed(0)
     model = build_model(_small_cfg())
     x = torch.randn(8, 3, 32, 32)  # 4 images x 2 views
-    out = model(x, torch.tensor([0, 1, 2, 3]))
-    assert set(out) == {"total", "loss", "reg", "cls_loss", "acc"}
+    out = model(x, torch.tensor([0, 1, 2, 3]), step=0)
+    assert set(out) == {"total", "objective", "loss", "reg", "alpha", "cls_loss", "acc"}
     assert all(v.ndim == 0 for v in out.values())
+    # the objective shapes the encoder; the total adds the online classifier's cross-entropy
+    assert out["objective"].item() == pytest.approx((out["loss"] + out["alpha"] * out["reg"]).item())
+    assert out["total"].item() == pytest.approx((out["objective"] + out["cls_loss"]).item())
     out["total"].backward()
     assert model.backbone.conv1.weight.grad is not None
     assert int(model.l2bn.num_updates) == 1

@@ -61,8 +61,8 @@ def test_a_changed_batch_is_refused_at_once_and_resumes_sanely_when_allowed(base
     assert "Traceback" not in refused.stderr and not (run_dir / "run.lock").exists()
     allowed = run_worker(tiny_config, *args, "--allow-config-change", timeout=180)
     assert allowed.returncode == 0, allowed.stderr[-3000:]
-    # 8 x 16 = 128 images seen in epoch 0 = 6 whole steps of 20; steps 9 and 10 end the epoch
-    assert "loader position re-derived for global batch 20 (was 16): epoch 0, step 6 in epoch" in allowed.stderr
+    # 8 x 16 = 128 images seen in the first epoch = 6 whole steps of 20; steps 9 and 10 end the epoch
+    assert "loader position re-derived for global batch 20 (was 16): epoch 1, step 6 in epoch" in allowed.stderr
     status = json.loads((run_dir / "status.json").read_text())
     assert (status["status"], status["step"], status["epoch"]) == ("finished", 10, 1)
     assert _attempts(run_dir) == [None, 8]
@@ -75,7 +75,7 @@ def test_a_truncated_checkpoint_is_passed_over_and_each_step_is_logged_once(base
     with open(engine, "r+b") as f:
         f.truncate(engine.stat().st_size // 2)
     resumed = run_worker(tiny_config, f"data.train_path={small_beton}", f"train.run_dir={run_dir}",
-                         "train.max_steps=12")
+                         "train.max_steps=12", "--allow-config-change")  # 4 more steps than its plan of 8
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "WARNING" in resumed.stderr and "step_00000008 is unusable" in resumed.stderr
     assert "(truncated?)" in resumed.stderr
@@ -150,7 +150,8 @@ def test_sigterm_saves_a_checkpoint_and_the_next_start_resumes_from_it(tiny_conf
     assert not (run_dir / "run.lock").exists() and not (run_dir / "model.pt").exists()
     (run_dir / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid(),
                                                   "process_start": 1.0, "since": time.time() - 600}))
-    resumed = run_worker(tiny_config, *args, f"train.max_steps={stopped + 2}")
+    # two more steps, not the planned 400: a changed plan, which the flag allows
+    resumed = run_worker(tiny_config, *args, f"train.max_steps={stopped + 2}", "--allow-config-change")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "took over the stale lock" in resumed.stderr
     assert _attempts(run_dir) == [None, stopped]

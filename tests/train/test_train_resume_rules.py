@@ -59,6 +59,22 @@ def test_a_changed_meaning_key_is_refused_naming_each_key_old_and_new(tmp_path):
     assert {c.key for c in changes} == {"data.batch_size_per_worker", "train.seed"}
 
 
+def test_a_changed_plan_is_refused_and_followed_from_the_checkpoints_step_when_allowed(tmp_path):
+    """A resumed run keeps the plan it started with: the steps its warm-up and cosine span."""
+    old = resolve(_cfg(tmp_path, train={"epochs": 2}), steps_per_epoch=10)
+    _save_checkpoint(old)
+    shorter = resolve(_cfg(tmp_path, train={"epochs": 2, "max_steps": 12}), steps_per_epoch=10)
+    with pytest.raises(ConfigError) as refused:
+        check_resume(shorter)
+    message = str(refused.value)
+    assert "derived.total_steps: 20 -> 12" in message and "derived.warmup_steps: 20 -> 12" in message
+    assert "follow the new plan from step 8" in message and "--allow-config-change" in message
+    allowed = check_resume(shorter, allow_config_change=True)
+    assert {c.key for c in allowed} == {"derived.total_steps", "derived.warmup_steps"}
+    same_plan = resolve(_cfg(tmp_path, train={"epochs": 1, "max_steps": 20}), steps_per_epoch=10)
+    assert check_resume(same_plan) == []  # the same 20 steps, spelt another way
+
+
 def test_free_keys_and_a_new_run_pass(tmp_path):
     old = _cfg(tmp_path)
     assert check_resume(old) == []  # no checkpoint yet
@@ -128,11 +144,13 @@ class _EmptyLoader:
 def test_an_epoch_without_a_batch_is_an_error_not_an_endless_loop(tmp_path):
     from eigenmap.data import BatchAugment
     from eigenmap.train.preempt import StopRequest
-    from eigenmap.train.worker import StepPlan, WorkerParts, _loop
+    from eigenmap.train.schedule import StepPlan
+    from eigenmap.train.worker import WorkerParts, _loop
 
     cfg = _cfg(tmp_path, train={"epochs": 1})
     augment = BatchAugment(cfg.data, seed=0)
     parts = WorkerParts(engine=torch.nn.Linear(1, 1), optimizer=None, loader=_EmptyLoader(), augment=augment, store=None,
                         logger=None, stop=StopRequest(tmp_path), run_info={})
-    with pytest.raises(RuntimeError, match="yielded no batch for epoch 0 from step 3 of 10 while 7 steps remain"):
-        _loop(cfg, parts, StepPlan.of(cfg, 10), TrainerState(step=3, epoch=0, step_in_epoch=3), torch.device("cpu"))
+    plan = StepPlan(steps_per_epoch=10, total_steps=10, warmup_steps=0, final_lr_ratio=0.0)
+    with pytest.raises(RuntimeError, match="yielded no batch for epoch 1 from step 3 of 10 while 7 steps remain"):
+        _loop(cfg, parts, plan, TrainerState(step=3, epoch=0, step_in_epoch=3), torch.device("cpu"))

@@ -59,12 +59,75 @@ def test_a_late_ramp_start_holds_alpha_until_that_fraction_of_the_run_then_ramps
             alpha_at(0, total_steps=11, start=0.01, final=0.21, ramp_start=bad)
 
 
-def test_the_worker_step_plan_takes_the_ramp_and_its_start_from_the_config():
-    from eigenmap.config import from_dict
-    from eigenmap.train.worker import StepPlan
+def test_the_objective_takes_the_ramp_and_its_start_from_the_config_and_returns_the_weight_it_used():
+    import torch
 
-    cfg = from_dict({"train": {"epochs": 2}, "loss": {"alpha": 0.01, "alpha_final": 0.21, "alpha_ramp_start": 0.5}})
-    plan = StepPlan.of(cfg, steps_per_epoch=6)  # 12 planned steps: the ramp starts at step 5.5
-    assert [plan.alpha(s) for s in (0, 5, 11, 20)] == pytest.approx([0.01, 0.01, 0.21, 0.21])
-    assert plan.alpha(8) == pytest.approx(0.01 + 0.2 * 2.5 / 5.5)
-    assert StepPlan.of(from_dict({}), steps_per_epoch=6).alpha_ramp is None
+    from eigenmap.config import from_dict, resolve
+    from eigenmap.losses import build_loss
+
+    cfg = resolve(from_dict({"train": {"epochs": 2}, "loss": {"alpha": 0.01, "alpha_final": 0.21,
+                                                              "alpha_ramp_start": 0.5}}), steps_per_epoch=6)
+    assert cfg.derived.total_steps == 12  # the ramp starts at step 5.5
+    objective = build_loss(cfg.loss, 4, total_steps=cfg.derived.total_steps)
+    z1, z2 = torch.randn(8, 4), torch.randn(8, 4)
+
+    def alpha(step: int) -> float:
+        terms = objective(z1, z2, step)
+        assert terms.total.item() == pytest.approx((terms.loss + terms.alpha * terms.reg).item())
+        return terms.alpha.item()
+
+    assert [alpha(s) for s in (0, 5, 11, 20)] == pytest.approx([0.01, 0.01, 0.21, 0.21])
+    assert alpha(8) == pytest.approx(0.01 + 0.2 * 2.5 / 5.5)
+    constant = build_loss(from_dict({}).loss, 4)  # no ramp: loss.alpha at every step, no plan needed
+    assert constant(z1, z2, 7).alpha.item() == pytest.approx(0.0025)
+    assert constant(z1, z2).alpha.item() == pytest.approx(0.0025)
+
+
+def test_a_ramp_needs_the_step_and_the_plan_and_says_so():
+    import torch
+
+    from eigenmap.config import from_dict
+    from eigenmap.losses import build_loss
+
+    loss_cfg = from_dict({"loss": {"alpha_final": 0.1}}).loss
+    z = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="derived.total_steps is null"):
+        build_loss(loss_cfg, 4)(z, z, 3)
+    with pytest.raises(ValueError, match="pass the global step"):
+        build_loss(loss_cfg, 4, total_steps=10)(z, z)
+
+
+def _planned(**sections):
+    from eigenmap.config import from_dict, resolve
+
+    return resolve(from_dict(sections), steps_per_epoch=50).derived
+
+
+def test_without_max_steps_the_plan_is_every_epoch_and_the_warmup_its_epochs():
+    d = _planned(train={"epochs": 100}, optim={"warmup_epochs": 10})
+    assert (d.steps_per_epoch, d.total_steps, d.warmup_steps) == (50, 5000, 500)
+
+
+def test_max_steps_is_the_planned_length_and_the_warmup_keeps_its_share_of_the_run():
+    d = _planned(train={"epochs": 100, "max_steps": 150}, optim={"warmup_epochs": 10})
+    assert (d.total_steps, d.warmup_steps) == (150, 15)
+    longer = _planned(train={"epochs": 2, "max_steps": 400}, optim={"warmup_epochs": 1})  # past the epochs too
+    assert (longer.total_steps, longer.warmup_steps) == (400, 200)
+
+
+def test_the_warmup_never_exceeds_the_plan():
+    assert _planned(train={"epochs": 2}, optim={"warmup_epochs": 5}).warmup_steps == 100
+    assert _planned(train={"epochs": 2, "max_steps": 10}, optim={"warmup_epochs": 5}).warmup_steps == 10
+
+
+def test_the_step_plan_reads_the_derived_plan_and_refuses_a_config_without_one():
+    from eigenmap.config import from_dict, resolve
+    from eigenmap.train.schedule import StepPlan
+
+    cfg = resolve(from_dict({"train": {"epochs": 3, "max_steps": 120}, "optim": {"warmup_epochs": 1}}),
+                  steps_per_epoch=50)
+    plan = StepPlan.of(cfg)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.warmup_steps, plan.epochs) == (50, 120, 40, 3)
+    assert plan.lr_factor(119) == pytest.approx(cfg.optim.final_lr_ratio)
+    with pytest.raises(ValueError, match="load_train_config"):
+        StepPlan.of(resolve(from_dict({})))

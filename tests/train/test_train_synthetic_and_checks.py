@@ -10,7 +10,7 @@ import torch
 
 from eigenmap.config import ConfigError, from_dict, resolve
 from eigenmap.data.synthetic import SyntheticTwoViewLoader
-from eigenmap.train.checks import check_train_config
+from eigenmap.train.checks import check_train_config, prepare_train_config
 
 
 def test_synthetic_loader_has_the_training_loader_contract():
@@ -58,3 +58,36 @@ def test_gpu_only_settings_are_refused_on_cpu():
         check_train_config(_cfg(dist={"precision": "bf16"}, data={"train_path": "synthetic"}))
     with pytest.raises(ConfigError, match="dist.compile"):
         check_train_config(_cfg(dist={"compile": True}, data={"train_path": "synthetic"}))
+
+
+def test_the_plan_is_derived_from_the_training_sets_images_by_the_loaders_sharding_rule(tmp_path, twelve_class_beton):
+    beton = twelve_class_beton  # 24 images: 2 workers x 5 per step = 2 steps per epoch (4 images dropped)
+    cfg = prepare_train_config(from_dict({"data": {"train_path": str(beton), "batch_size_per_worker": 5},
+                                          "dist": {"num_workers": 2}, "model": {"num_classes": 12},
+                                          "train": {"epochs": 30, "run_dir": str(tmp_path / "run")},
+                                          "optim": {"warmup_epochs": 3}}))
+    d = cfg.derived
+    assert (d.train_images, d.steps_per_epoch, d.total_steps, d.warmup_steps) == (24, 2, 60, 6)
+    synthetic = prepare_train_config(from_dict({"data": {"train_path": "synthetic", "synthetic_images": 100,
+                                                         "batch_size_per_worker": 8},
+                                                "train": {"max_steps": 7, "epochs": 10}}))
+    assert (synthetic.derived.steps_per_epoch, synthetic.derived.total_steps) == (12, 7)
+
+
+def test_a_training_set_smaller_than_one_step_is_refused_naming_the_batch(tmp_path, twelve_class_beton):
+    with pytest.raises(ConfigError, match=r"'data.batch_size_per_worker' \(16\): .* has 24 images, too few for one "
+                                          r"step of 2 workers x 16; set data.batch_size_per_worker=12"):
+        prepare_train_config(from_dict({"data": {"train_path": str(twelve_class_beton), "batch_size_per_worker": 16},
+                                        "dist": {"num_workers": 2}, "model": {"num_classes": 12},
+                                        "train": {"run_dir": str(tmp_path / "run")}}))
+
+
+def test_the_worker_refuses_a_loader_that_disagrees_with_the_plan():
+    from eigenmap.train.worker import _plan
+
+    cfg = resolve(from_dict({"train": {"epochs": 2}}), steps_per_epoch=10)
+    assert _plan(cfg, 10).total_steps == 20
+    with pytest.raises(RuntimeError, match="plans 10 steps per epoch .* loader has 9"):
+        _plan(cfg, 9)
+    with pytest.raises(ConfigError, match="no plan"):
+        _plan(resolve(from_dict({})), 10)
