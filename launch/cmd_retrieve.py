@@ -47,10 +47,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-baselines", action="store_true", help="skip the random-subset and PCA baselines")
     p.add_argument("--no-funnel", action="store_true", help="skip the adaptive funnel")
     p.add_argument("--repeats", type=int_at_least("--repeats", 1), default=3, help="timed rounds per length (default 3)")
+    p.add_argument("--memory-budget", type=_memory_size, default="4GiB", metavar="SIZE",
+                   help="database-sized buffers held at once (indexes, chunks read), e.g. 4GiB, 512MiB, 8GB "
+                        "(default 4GiB); peak memory is this plus a fixed overhead")
     p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/eval/retrieval/<codes|features>)")
     add_extraction_arguments(p)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here too")
     p.set_defaults(func=run)
+
+
+def _memory_size(text: str) -> int:
+    from retrieval.settings import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--memory-budget: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,9 +82,12 @@ def run(args: argparse.Namespace) -> int:
         same_classes(database, queries, ("--database", "--queries"))  # relevance compares labels
         results = retrieval.run_benchmark(
             getattr(database, array), database.labels, getattr(queries, array), queries.labels,
-            dims=args.dims, R=args.R, index=args.index, backend=args.backend, device=None,
-            baselines=not args.no_baselines, funnel=not args.no_funnel, repeats=args.repeats, name=array,
-            seed=loaded.config.train.seed if loaded is not None else 0)
+            dims=args.dims, R=args.R, name=array, seed=loaded.config.train.seed if loaded is not None else 0,
+            search=retrieval.SearchSettings(index=args.index, backend=args.backend,
+                                            memory_budget_bytes=args.memory_budget),
+            timing=retrieval.TimingSettings(repeats=args.repeats),
+            baselines=None if args.no_baselines else retrieval.BaselineSettings(),
+            funnel=None if args.no_funnel else retrieval.FunnelSettings())
     except (RunDirError, ValueError) as e:
         print(f"eigenmap retrieve: error: {e}", file=sys.stderr)
         return 2
