@@ -17,16 +17,18 @@ DEFAULT_MEMORY_BUDGET_BYTES = 4 << 30
 WORK_CHUNK_BYTES = 64 << 20
 
 
-def l2_normalize(x) -> np.ndarray:
+def l2_normalize(x, *, copy: bool = True) -> np.ndarray:
     """Rows divided by their L2 norm, as a new C-contiguous float32 array.
 
     Args:
         x: array-like ``[n, d]``.
+        copy: False normalises ``x`` in place when it already is a C-contiguous float32
+            np.ndarray (a fresh array the caller owns); a copy is made otherwise.
 
     Returns:
         ``[n, d]`` float32; an all-zero row stays zero (its cosine similarity to anything is 0).
     """
-    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    out = np.array(x, dtype=np.float32, order="C", copy=True if copy else None)
     norms = np.sqrt(np.einsum("ij,ij->i", out, out))
     np.divide(out, norms[:, None], out=out, where=norms[:, None] > 0)
     return out
@@ -102,19 +104,6 @@ def materialize(x, chunk_rows: int) -> np.ndarray:
     for i0, i1 in row_chunks(n, chunk_rows):
         out[i0:i1] = x[i0:i1]
     return out
-
-
-def materialize_many(source, transforms: list[Callable[[np.ndarray], np.ndarray]], widths: list[int]) -> list[np.ndarray]:
-    """Several ``[n, width]`` float32 arrays from one pass over ``source [n, k]``:
-    ``out[j][i0:i1] = transforms[j](source[i0:i1])``, a working chunk of rows at a time (each
-    chunk of the source is read once for all of them)."""
-    n, k = source.shape
-    outs = [np.empty((n, int(w)), dtype=np.float32) for w in widths]
-    for i0, i1 in row_chunks(n, work_rows(k)):
-        block = np.asarray(source[i0:i1])
-        for out, transform in zip(outs, transforms):
-            out[i0:i1] = transform(block)
-    return outs
 
 
 def as_float32_rows(x) -> np.ndarray:

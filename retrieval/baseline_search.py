@@ -5,9 +5,8 @@ on the same queries beside them, so each comparison is paired query by query; th
 baseline is its standard deviation over the random draws and the standard error over queries of
 its difference with the prefix.
 
-Memory: the random draws of one length are filled in one pass over the database, as many at a
-time as fit the budget (a flat FAISS index on the CPU searches the filled array itself, so it
-adds no copy); a draw too large for the budget is streamed from a lazy view.
+Memory: one baseline index at a time, in memory when it fits the budget (a flat FAISS index on
+the CPU searches the filled array itself), else streamed from a lazy view.
 """
 
 from __future__ import annotations
@@ -19,11 +18,11 @@ import time
 
 import numpy as np
 
-from .arrays import l2_normalize, materialize_many
+from .arrays import l2_normalize
 from .baselines import fit_pca, pca_view, random_subset, subset_view
 from .index import build_index
 from .metrics import mean_metrics
-from .plan import Plan, index_bytes
+from .plan import Plan
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -50,54 +49,43 @@ def run_baselines(database, queries: np.ndarray, plan: Plan, options: dict, scor
         return {}
     ids = plan.baseline_query_ids
     q = queries if ids is None else np.asarray(queries)[ids]
-    t0 = time.perf_counter()
-    pca = fit_pca(database, max_rows=plan.pca_fit_rows, seed=seed)
-    progress.done(plan.fit_units(), "baselines: PCA fitted on %d rows in %.1f s", pca.fit_rows, time.perf_counter() - t0)
+    pca = None
+    if plan.pca:
+        t0 = time.perf_counter()
+        pca = fit_pca(database, max_rows=plan.pca_fit_rows, seed=seed)
+        progress.done(plan.fit_units(), "baselines: PCA fitted on %d rows in %.1f s", pca.fit_rows,
+                      time.perf_counter() - t0)
     out = {}
     for m in plan.baseline_dims:
         codes = {key: value if ids is None else value[ids] for key, value in codes_per_query[m].items()}
         draws = _random_draws(database, q, m, plan, options, score, codes, progress, seed)
-        t0 = time.perf_counter()
-        index = build_index(pca_view(database, pca, m), **options)
-        pca_scores = score(*index.search(pca_view(q, pca, m)[0 : len(q)], plan.R))
-        del index
-        out[m] = {"random_subset": _spread(draws, codes), "pca": {**mean_metrics(pca_scores),
-                                                                  **_paired([pca_scores], codes)},
-                  "codes_on_baseline_queries": mean_metrics(codes)}
-        progress.done(plan.pca_units(m), "baselines, length %d: PCA mAP@%d %.4f in %.1f s (prefix %.4f, random "
-                      "%.4f on the same queries)", m, plan.R, out[m]["pca"]["map"], time.perf_counter() - t0,
-                      out[m]["codes_on_baseline_queries"]["map"], out[m]["random_subset"]["map_mean"])
+        out[m] = {"random_subset": _spread(draws, codes), "pca": None, "codes_on_baseline_queries": mean_metrics(codes)}
+        if pca is not None:
+            t0 = time.perf_counter()
+            index = build_index(pca_view(database, pca, m), **options)
+            pca_scores = score(*index.search(pca_view(q, pca, m)[0 : len(q)], plan.R))
+            del index
+            out[m]["pca"] = {**mean_metrics(pca_scores), **_paired([pca_scores], codes)}
+            progress.done(plan.pca_units(m), "baselines, length %d: PCA mAP@%d %.4f in %.1f s (prefix %.4f, random "
+                          "%.4f on the same queries)", m, plan.R, out[m]["pca"]["map"], time.perf_counter() - t0,
+                          out[m]["codes_on_baseline_queries"]["map"], out[m]["random_subset"]["map_mean"])
     return out
 
 
 def _random_draws(database, q, m, plan, options, score, codes, progress, seed) -> list[dict]:
-    """Per-query metrics of each random draw at length ``m``."""
+    """Per-query metrics of each random draw at length ``m``, one index at a time."""
     if m == plan.k:  # every k-subset is the whole code, re-ordered: the cosine is the codes' own
         progress.done(0.0, "baselines, length %d: every random %d-subset is the code itself", m, m)
         return [codes] * plan.random_draws
-    on_cpu = plan.kind == "flat" and options["backend"].name == "faiss-cpu"
-    each = 4 * plan.n * m + (0 if on_cpu else index_bytes(plan.kind, plan.n, m, plan.options))
-    together = max(1, plan.budget // each)
     draws = []
-    for start in range(0, plan.random_draws, together):
-        group = list(range(start, min(plan.random_draws, start + together)))
-        columns = [random_subset(plan.k, m, draw, seed) for draw in group]
+    for draw in range(plan.random_draws):
         t0 = time.perf_counter()
-        if each <= plan.budget:
-            rows = materialize_many(database, [lambda block, c=c: l2_normalize(block[:, c]) for c in columns],
-                                    [m] * len(columns))
-        else:
-            rows = [subset_view(database, c) for c in columns]
-        fill = (time.perf_counter() - t0) / len(group)
-        for i, (draw, cols) in enumerate(zip(group, columns)):
-            t0 = time.perf_counter()
-            index = build_index(rows[i], **options)
-            rows[i] = None  # the index holds (or streams) it now: freed with the index
-            draws.append(score(*index.search(l2_normalize(q[:, cols]), plan.R)))
-            del index
-            progress.done(plan.draw_units(m), "baselines, length %d: random subset %d of %d, mAP@%d %.4f in %.1f s",
-                          m, draw + 1, plan.random_draws, plan.R, float(draws[-1]["ap"].mean()),
-                          fill + time.perf_counter() - t0)
+        columns = random_subset(plan.k, m, draw, seed)
+        index = build_index(subset_view(database, columns), **options)  # in memory if it fits, else streamed
+        draws.append(score(*index.search(l2_normalize(q[:, columns]), plan.R)))
+        del index
+        progress.done(plan.draw_units(m), "baselines, length %d: random subset %d of %d, mAP@%d %.4f in %.1f s",
+                      m, draw + 1, plan.random_draws, plan.R, float(draws[-1]["ap"].mean()), time.perf_counter() - t0)
     return draws
 
 

@@ -35,7 +35,8 @@ def random_subset(code_length: int, m: int, draw: int, seed: int = 0) -> np.ndar
 def subset_view(codes, columns: np.ndarray) -> RowView:
     """Lazy ``[n, len(columns)]`` view: the chosen columns of ``codes [n, k]``, L2-normalised per row."""
     columns = np.asarray(columns, dtype=np.int64)
-    return RowView(codes, lambda block: l2_normalize(block[:, columns]), len(columns),
+    # np.take is several times faster than fancy indexing block[:, columns] on wide row blocks
+    return RowView(codes, lambda block: l2_normalize(np.take(block, columns, axis=1), copy=False), len(columns),
                    f"random {len(columns)}-subset, L2-normalised")
 
 

@@ -112,7 +112,7 @@ def run_benchmark(
           ``qps_median``, ``speedup``, ``speedup_median``, ``speedup_range``,
           ``shortlist_seconds``, ``rerank_seconds`` (of the fastest timed call), ``seconds``,
           ``background_cpu``, ``tries``;
-        - ``baselines``: None or ``random_draws``, ``pca_fit_rows``, ``dims``, ``queries``,
+        - ``baselines``: None or ``random_draws``, ``pca`` (bool), ``pca_fit_rows``, ``dims``, ``queries``,
           ``query_sample`` and ``choice`` (in words), ``spread`` (its definition);
         - ``plan``: the planned work (:meth:`~retrieval.plan.Plan.as_dict`) and
           ``wall_seconds`` (``probe``, ``sweep``, ``baselines``, ``total``).
@@ -199,7 +199,8 @@ def run_benchmark(
             "max": sixteenth["speedup_range"][1]},
         "funnel": None if funnel_measured is None else _funnel_record(funnel_measured, reference, records[-1], nq),
         "baselines": None if baselines is None else {
-            "random_draws": plan.random_draws, "pca_fit_rows": plan.pca_fit_rows, "dims": plan.baseline_dims,
+            "random_draws": plan.random_draws, "pca": plan.pca, "pca_fit_rows": plan.pca_fit_rows,
+            "dims": plan.baseline_dims,
             "queries": plan.baseline_queries,
             "query_sample": ("all queries" if ids is None else
                              f"a seeded sample of {len(ids)} of the {nq} queries (seed {seed})"),

@@ -14,15 +14,17 @@ should cost.
 - **Estimated time.** The planned work times a rate measured by a short probe search.
 
 The cost model counts work in units of one multiply-add of a query with a database row in one
-dimension. It is deterministic (the plan depends on the sizes and settings, never on a timing):
+dimension inside an exact search. It is deterministic (the plan depends on the sizes and
+settings, never on a timing); its constants were measured on a 2-core x86 machine with FAISS's
+BLAS at 200,000 x 2,048 float32 (memory-mapped), where a unit took about 1.2e-11 s:
 
 - exact search of q queries over n rows of m dimensions: ``q n (m + SELECT_DIMS)``, the top-R
   selection and the scores' passes taking about as long as SELECT_DIMS dimensions;
-- filling an index of n rows of m dimensions: ``READ_UNITS n (m + min(k, 256))`` (rows are read a
-  memory page at a time); a random subset reads whole rows: ``READ_UNITS n (k + m)``;
-- PCA projection of n rows to m dimensions: ``n k m`` plus its read; the PCA fit on f rows:
-  ``FLOAT64_FACTOR f k^2`` (the covariance is accumulated in float64) plus ``k^3`` for the
-  eigendecomposition;
+- filling an index of n rows of m dimensions (read, normalise, copy: memory-bound):
+  ``FILL_UNITS n m``; a random subset gathers its columns: ``GATHER_UNITS n m``;
+- PCA projection of n rows to m dimensions: ``PROJECT_UNITS n k m`` plus its fill; the PCA fit
+  on f rows: ``FLOAT64_FACTOR f k^2`` (the covariance is accumulated in float64), the rows' random
+  reads, and ``EIGH_UNITS k^3`` for the eigendecomposition;
 - the funnel's rerank: ``RERANK_UNITS q L d`` for L candidates of d dimensions (rows gathered by id).
 
 IVF and HNSW are costed as exact search over the rows they visit; their training is left out,
@@ -38,15 +40,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .arrays import l2_normalize
+from .arrays import l2_normalize, work_rows
 from .funnel import DEFAULT_SHORTLIST_FACTOR
 
 logger = logging.getLogger(__name__)
 
-SELECT_DIMS = 64
-READ_UNITS = 8
-RERANK_UNITS = 4
+SELECT_DIMS = 128
+FILL_UNITS = 450
+GATHER_UNITS = 700
+PROJECT_UNITS = 1.5
 FLOAT64_FACTOR = 2
+EIGH_UNITS = 100
+RERANK_UNITS = 50
 # the baselines may always take this much planned work (about half a minute at the 3e-11 s per
 # unit of a 2-core machine), whatever the ratio: the bound is for large runs, not small ones
 BASELINE_FLOOR_UNITS = 1e12
@@ -77,13 +82,13 @@ def search_units(kind: str, n: int, m: int, q: int, options: dict) -> float:
     return q * n * (m + SELECT_DIMS)
 
 
-def build_units(n: int, m: int, k: int, whole_rows: bool = False) -> float:
-    """Planned work of reading and normalising ``n`` rows into an index of ``m`` dimensions."""
-    return READ_UNITS * n * ((k if whole_rows else min(k, 256)) + m)
+def build_units(n: int, m: int, gather: bool = False) -> float:
+    """Planned work of filling an index of ``n`` rows of ``m`` dimensions (a prefix, or gathered columns)."""
+    return (GATHER_UNITS if gather else FILL_UNITS) * n * m
 
 
 def pca_fit_units(rows: int, k: int) -> float:
-    return FLOAT64_FACTOR * rows * k * k + READ_UNITS * rows * k + k**3
+    return FLOAT64_FACTOR * rows * k * k + GATHER_UNITS * rows * k + EIGH_UNITS * k**3
 
 
 @dataclass
@@ -99,7 +104,8 @@ class Plan:
         funnel: None or (short_dim, rerank_dim, shortlist_size).
         baseline_dims: lengths with baselines ([] without baselines).
         baseline_query_ids: sorted ids of the queries the baselines are scored on (None: all).
-        pca_fit_rows: rows the PCA is fitted on (0 without baselines).
+        pca: PCA runs at the baseline lengths (beside the random subsets).
+        pca_fit_rows: rows the PCA is fitted on (0 without PCA).
         random_draws: random subsets per length.
         baseline_choice: how the baseline lengths, queries and PCA rows were chosen, in words.
         seconds_per_unit: the probe's rate (None when not probed).
@@ -120,6 +126,7 @@ class Plan:
     baselines: bool
     baseline_dims: list[int] = field(default_factory=list)
     baseline_query_ids: np.ndarray | None = None
+    pca: bool = True
     pca_fit_rows: int = 0
     random_draws: int = 0
     baseline_choice: str = ""
@@ -132,8 +139,7 @@ class Plan:
     # the planned units of each piece of work, as run_benchmark counts them off
     def length_units(self, m: int, round_index: int) -> float:
         built = round_index == 0 or not self.held
-        return search_units(self.kind, self.n, m, self.nq, self.options) + (
-            build_units(self.n, m, self.k) if built else 0.0)
+        return search_units(self.kind, self.n, m, self.nq, self.options) + (build_units(self.n, m) if built else 0.0)
 
     def funnel_units(self, round_index: int) -> float:
         if self.funnel is None:
@@ -141,28 +147,31 @@ class Plan:
         short, rerank, shortlist = self.funnel
         units = search_units(self.kind, self.n, short, self.nq, self.options) + RERANK_UNITS * self.nq * shortlist * rerank
         if round_index == 0 or not self.held:
-            units += build_units(self.n, short, self.k) + (0 if self.held else build_units(self.n, rerank, self.k))
+            units += build_units(self.n, short) + (0 if self.held else build_units(self.n, rerank))
         return units
 
     def draw_units(self, m: int) -> float:
         if m == self.k:  # every k-subset is the whole code re-ordered: nothing to search
             return 0.0
-        return build_units(self.n, m, self.k, whole_rows=True) + search_units(
-            self.kind, self.n, m, self.baseline_queries, self.options)
+        return build_units(self.n, m, gather=True) + search_units(self.kind, self.n, m, self.baseline_queries,
+                                                                  self.options)
 
     def pca_units(self, m: int) -> float:
-        return (self.n * self.k * m + build_units(self.n, m, self.k, whole_rows=True)
+        return (PROJECT_UNITS * self.n * self.k * m + build_units(self.n, m)
                 + search_units(self.kind, self.n, m, self.baseline_queries, self.options))
 
+    def fit_units_for(self, rows: int) -> float:
+        return pca_fit_units(rows, self.k) if self.pca else 0.0
+
     def fit_units(self) -> float:
-        return pca_fit_units(self.pca_fit_rows, self.k) if self.baseline_dims else 0.0
+        return self.fit_units_for(self.pca_fit_rows) if self.baseline_dims else 0.0
 
     def sweep_units(self) -> float:
         return sum(self.length_units(m, r) + (self.funnel_units(r) if m == self.lengths[-1] else 0.0)
                    for r in range(self.rounds) for m in self.lengths)
 
     def baseline_units(self) -> float:
-        return self.fit_units() + sum(self.random_draws * self.draw_units(m) + self.pca_units(m)
+        return self.fit_units() + sum(self.random_draws * self.draw_units(m) + (self.pca_units(m) if self.pca else 0.0)
                                       for m in self.baseline_dims)
 
     def total_units(self) -> float:
@@ -180,7 +189,7 @@ class Plan:
         return {"lengths": self.lengths, "rounds": self.rounds, "held": self.held, "held_bytes": self.held_bytes,
                 "funnel": list(self.funnel) if self.funnel else None, "baseline_dims": self.baseline_dims,
                 "baseline_queries": self.baseline_queries if self.baselines else 0,
-                "pca_fit_rows": self.pca_fit_rows, "baseline_choice": self.baseline_choice,
+                "pca": self.pca, "pca_fit_rows": self.pca_fit_rows, "baseline_choice": self.baseline_choice,
                 "units": {"sweep": self.sweep_units(), "baselines": self.baseline_units()},
                 "baseline_to_sweep_units": self.baseline_units() / self.sweep_units(),
                 "seconds_per_unit": self.seconds_per_unit, "estimated_seconds": self.estimated_seconds()}
@@ -203,7 +212,8 @@ class Plan:
         elif not self.baseline_dims:
             lines.append(f"  baselines: at no length ({self.baseline_choice})")
         else:
-            lines.append(f"  baselines: {self.random_draws} random subsets and PCA (fitted on {self.pca_fit_rows} rows) "
+            pca = f"and PCA (fitted on {self.pca_fit_rows} rows) " if self.pca else "(no PCA) "
+            lines.append(f"  baselines: {self.random_draws} random subsets {pca}"
                          f"at lengths {', '.join(map(str, self.baseline_dims))}, on {self.baseline_queries} of "
                          f"{self.nq} queries ({self.baseline_choice})")
         est = self.estimated_seconds()
@@ -259,31 +269,35 @@ def _plan_baselines(plan: Plan, settings, seed: int) -> None:
                                f"{queries}"
         return
     allowance = max(settings.cost_ratio * plan.sweep_units(), BASELINE_FLOOR_UNITS)
-    # the fit may take a quarter of the allowance; it keeps MIN_PCA_ROWS_PER_DIM rows per dimension
-    floor = min(plan.n, MIN_PCA_ROWS_PER_DIM * plan.k)
-    per_row = pca_fit_units(1, plan.k) - plan.k**3
-    affordable = int((allowance / 4 - plan.k**3) / per_row) if allowance / 4 > plan.k**3 else 0
-    plan.pca_fit_rows = max(min(fit_cap, floor), min(fit_cap, affordable))
-    spent = pca_fit_units(plan.pca_fit_rows, plan.k)
+    # the fit may take a quarter of the allowance, keeping MIN_PCA_ROWS_PER_DIM rows per dimension;
+    # when even that fit (its k x k eigendecomposition) exceeds half of it, PCA is left out
+    floor = min(fit_cap, MIN_PCA_ROWS_PER_DIM * plan.k)
+    fixed = pca_fit_units(0, plan.k)
+    affordable = int((allowance / 4 - fixed) / (pca_fit_units(1, plan.k) - fixed)) if allowance / 4 > fixed else 0
+    plan.pca = pca_fit_units(floor, plan.k) <= allowance / 2
+    plan.pca_fit_rows = max(floor, min(fit_cap, affordable)) if plan.pca else 0
+    spent = plan.fit_units_for(plan.pca_fit_rows)
     for m in plan.lengths:
-        cost = plan.random_draws * plan.draw_units(m) + plan.pca_units(m)
+        cost = plan.random_draws * plan.draw_units(m) + (plan.pca_units(m) if plan.pca else 0.0)
         if spent + cost > allowance:
             break
         plan.baseline_dims.append(m)
         spent += cost
-    fewer = "" if plan.pca_fit_rows == fit_cap else f", the PCA fitted on {plan.pca_fit_rows} of up to {fit_cap} rows"
+    pca = ("" if plan.pca_fit_rows == fit_cap else f", the PCA fitted on {plan.pca_fit_rows} of up to {fit_cap} rows"
+           ) if plan.pca else ", PCA left out (its fit alone would take over half of that)"
     plan.baseline_choice = (f"auto: the lengths from the shortest whose planned work stays within "
                             f"{settings.cost_ratio:g}x the sweep's (or {BASELINE_FLOOR_UNITS:.0e} units, whichever "
-                            f"is more){fewer}, {queries}")
+                            f"is more){pca}, {queries}")
 
 
 def probe_rate(database, queries, build, k: int) -> float:
     """Seconds per planned unit of exact search, from one short search at the full length.
 
     ``build(rows)`` builds the benchmark's kind of flat index over ``rows [r, k]`` (its backend
-    and device). The probe reads at most ``PROBE_ROWS`` rows and ``PROBE_QUERIES`` queries.
+    and device). The probe reads at most ``PROBE_ROWS`` rows (and a working chunk's bytes) and
+    ``PROBE_QUERIES`` queries.
     """
-    rows = l2_normalize(database[0 : min(len(database), PROBE_ROWS)])
+    rows = l2_normalize(database[0 : min(len(database), PROBE_ROWS, work_rows(k))])  # a working chunk at most
     xq = l2_normalize(queries[0 : min(len(queries), PROBE_QUERIES)])
     R = min(len(rows), 100)
     index = build(rows)

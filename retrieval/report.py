@@ -105,8 +105,9 @@ def markdown_table(results: dict) -> str:
                   f"{chance['definition']}.", ""]
     sampled = base is not None and base["queries"] < results["sizes"]["queries"]
     if base is not None:
+        pca = f"PCA fitted on {base['pca_fit_rows']} rows" if base.get("pca", True) else "no PCA"
         lines += [f"Baselines at lengths {', '.join(map(str, base['dims'])) or 'none'} on {base['query_sample']}, "
-                  f"PCA fitted on {base['pca_fit_rows']} rows ({base['choice']}). Spread: {base['spread']}.", ""]
+                  f"{pca} ({base['choice']}). Spread: {base['spread']}.", ""]
     head = ["length", f"mAP@{R}", f"P@{R}", f"R@{R}"]
     if base is not None:
         head += ([f"prefix mAP@{R} on the baseline queries"] if sampled else []) + [

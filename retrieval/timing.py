@@ -1,8 +1,9 @@
 """Wall-clock timing of searches, robust to a shared machine.
 
 Runs are interleaved: each round runs every search once, so load that drifts over the minutes a
-benchmark takes slows all lengths alike instead of whichever ran last. One warm-up round is not
-recorded; the figure kept is the best round (the least disturbed), with the median beside it.
+benchmark takes slows all lengths alike instead of whichever ran last, and two runs can be
+compared round by round (a ratio per round, then its median and range). One warm-up round is
+not recorded; the best round (the least disturbed) and the median are kept.
 Each timed run also records the CPU share other processes (and, on a VM, the hypervisor) took
 meanwhile, from /proc/stat, so a reader can see how quiet the machine was.
 """

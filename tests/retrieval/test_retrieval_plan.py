@@ -47,11 +47,16 @@ def test_auto_baselines_stay_within_their_cost_bound_and_the_choice_is_determini
     assert sorted(set(many.baseline_query_ids)) == list(many.baseline_query_ids)
     assert len(many.baseline_dims) > len(plan.baseline_dims)
     assert "1.5x the sweep" in many.baseline_choice and "sample of 1000 of the 10000 queries" in many.baseline_choice
-    # few queries make the sweep cheap: the PCA is fitted on fewer rows, never under 10 rows per
-    # dimension, and the baselines keep a small fixed allowance
+    # fewer queries make the sweep cheaper: the PCA is fitted on fewer rows, never under 10 rows per
+    # dimension; when even that fit would take over half the allowance PCA is left out, and the
+    # random subsets keep a small fixed allowance
+    fewer = _plan(nq=200, k=1024)
+    assert fewer.pca and 10 * 1024 <= fewer.pca_fit_rows < 200_000 and "PCA fitted on" in fewer.baseline_choice
     few = _plan(nq=20)
-    assert 10 * 2048 <= few.pca_fit_rows < 200_000 and few.baseline_dims[:3] == [1, 2, 4]
-    assert few.baseline_units() <= max(1.5 * few.sweep_units(), BASELINE_FLOOR_UNITS)
+    assert not few.pca and few.pca_fit_rows == 0 and "PCA left out" in few.baseline_choice
+    assert few.baseline_dims[:3] == [1, 2, 4]
+    for p in (fewer, few):
+        assert p.baseline_units() <= max(1.5 * p.sweep_units(), BASELINE_FLOOR_UNITS)
 
 
 def test_asked_baseline_lengths_are_kept_and_checked():
