@@ -144,7 +144,8 @@ def run_benchmark(
                      baselines=baselines, seed=seed)
     plan.seconds_per_unit = probe_rate(database, queries, lambda rows: build_index(rows, **{**options, "index": "flat"}),
                                        k)
-    logger.info("%s", plan.describe())
+    for line in plan.describe().splitlines():  # one record per line: each carries the log's prefix
+        logger.info("%s", line)
     progress = Progress(plan.total_units(), plan.seconds_per_unit)
     probed = time.perf_counter()
 
