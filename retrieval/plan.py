@@ -16,14 +16,15 @@ should cost.
 The cost model counts work in units of one multiply-add of a query with a database row in one
 dimension inside an exact search. It is deterministic (the plan depends on the sizes and
 settings, never on a timing); its constants were measured on a 2-core x86 machine with FAISS's
-BLAS at 200,000 x 2,048 float32 (memory-mapped), where a unit took about 1.2e-11 s:
+BLAS at 200,000 x 2,048 float32 (memory-mapped), where a unit took about 1.3e-11 s:
 
 - exact search of q queries over n rows of m dimensions: ``q n (m + SELECT_DIMS)``, the top-R
   selection and the scores' passes taking about as long as SELECT_DIMS dimensions;
-- filling an index of n rows of m dimensions (read, normalise, copy: memory-bound):
-  ``FILL_UNITS n m``; a random subset gathers its columns: ``GATHER_UNITS n m``;
+- filling an index of n rows of m dimensions (read, normalise, copy: memory-bound, about as
+  long as a 1,000-query search): ``FILL_UNITS n m``, plus ``ROW_READ_UNITS n k`` when whole rows
+  are read (a random subset's columns, a PCA projection);
 - PCA projection of n rows to m dimensions: ``PROJECT_UNITS n k m`` plus its fill; the PCA fit
-  on f rows: ``FLOAT64_FACTOR f k^2`` (the covariance is accumulated in float64), the rows' random
+  on f rows: ``FLOAT64_FACTOR f k^2`` (the covariance is accumulated in float64), the rows'
   reads, and ``EIGH_UNITS k^3`` for the eigendecomposition;
 - the funnel's rerank: ``RERANK_UNITS q L d`` for L candidates of d dimensions (rows gathered by id).
 
@@ -46,11 +47,11 @@ from .funnel import DEFAULT_SHORTLIST_FACTOR
 logger = logging.getLogger(__name__)
 
 SELECT_DIMS = 128
-FILL_UNITS = 450
-GATHER_UNITS = 700
-PROJECT_UNITS = 1.5
+FILL_UNITS = 1000
+ROW_READ_UNITS = 30
+PROJECT_UNITS = 1.0
 FLOAT64_FACTOR = 2
-EIGH_UNITS = 100
+EIGH_UNITS = 15
 RERANK_UNITS = 50
 # the baselines may always take this much planned work (about half a minute at the 3e-11 s per
 # unit of a 2-core machine), whatever the ratio: the bound is for large runs, not small ones
@@ -82,13 +83,14 @@ def search_units(kind: str, n: int, m: int, q: int, options: dict) -> float:
     return q * n * (m + SELECT_DIMS)
 
 
-def build_units(n: int, m: int, gather: bool = False) -> float:
-    """Planned work of filling an index of ``n`` rows of ``m`` dimensions (a prefix, or gathered columns)."""
-    return (GATHER_UNITS if gather else FILL_UNITS) * n * m
+def build_units(n: int, m: int, k: int | None = None) -> float:
+    """Planned work of filling an index of ``n`` rows of ``m`` dimensions; ``k``: whole rows of
+    ``k`` dimensions are read for it (a random subset's columns, a PCA projection)."""
+    return n * (FILL_UNITS * m + (ROW_READ_UNITS * k if k else 0))
 
 
 def pca_fit_units(rows: int, k: int) -> float:
-    return FLOAT64_FACTOR * rows * k * k + GATHER_UNITS * rows * k + EIGH_UNITS * k**3
+    return FLOAT64_FACTOR * rows * k * k + build_units(rows, k) + EIGH_UNITS * k**3
 
 
 @dataclass
@@ -153,11 +155,11 @@ class Plan:
     def draw_units(self, m: int) -> float:
         if m == self.k:  # every k-subset is the whole code re-ordered: nothing to search
             return 0.0
-        return build_units(self.n, m, gather=True) + search_units(self.kind, self.n, m, self.baseline_queries,
+        return build_units(self.n, m, self.k) + search_units(self.kind, self.n, m, self.baseline_queries,
                                                                   self.options)
 
     def pca_units(self, m: int) -> float:
-        return (PROJECT_UNITS * self.n * self.k * m + build_units(self.n, m)
+        return (PROJECT_UNITS * self.n * self.k * m + build_units(self.n, m, self.k)
                 + search_units(self.kind, self.n, m, self.baseline_queries, self.options))
 
     def fit_units_for(self, rows: int) -> float:

@@ -52,7 +52,7 @@ def test_auto_baselines_stay_within_their_cost_bound_and_the_choice_is_determini
     # random subsets keep a small fixed allowance
     fewer = _plan(nq=200, k=1024)
     assert fewer.pca and 10 * 1024 <= fewer.pca_fit_rows < 200_000 and "PCA fitted on" in fewer.baseline_choice
-    few = _plan(nq=20)
+    few = _plan(n=20_000, nq=20, k=8192, funnel=(512, 8192, None))  # an 8,192 x 8,192 eigendecomposition
     assert not few.pca and few.pca_fit_rows == 0 and "PCA left out" in few.baseline_choice
     assert few.baseline_dims[:3] == [1, 2, 4]
     for p in (fewer, few):
