@@ -20,21 +20,14 @@ def int_at_least(name: str, minimum: int):
     return parse
 
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
-          "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
-
-
 def memory_size(name: str):
-    """An argparse ``type``: a size in bytes, written ``4GiB``, ``512MiB``, ``2G`` or ``1000000``."""
+    """An argparse ``type``: a size in bytes, written ``4GiB``, ``512MiB``, ``2GB`` or ``1000000``
+    (binary units with i, decimal without: :func:`retrieval.settings.parse_bytes`)."""
     def parse(text: str) -> int:
-        digits = text.strip().lower().rstrip("abcdefghijklmnopqrstuvwxyz").strip()
-        unit = text.strip().lower()[len(digits):].strip()
+        from retrieval.settings import parse_bytes
+
         try:
-            value = float(digits) * _UNITS[unit]
-        except (ValueError, KeyError):
-            raise argparse.ArgumentTypeError(f"{name} must be a size such as 4GiB, 512MiB or 1000000 (bytes), got "
-                                             f"{text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1 byte, got {text!r}")
-        return int(value)
+            return parse_bytes(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{name}: {e}") from None
     return parse

@@ -29,7 +29,7 @@ import json
 import sys
 from pathlib import Path
 
-from launch.arg_types import int_at_least
+from launch.arg_types import int_at_least, memory_size
 from launch.eval_inputs import INTERRUPTED, add_extraction_arguments, extractor, pick_device
 
 CONSEQUENCE = "every query would find itself first, which inflates mAP@R"
@@ -53,6 +53,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-baselines", action="store_true", help="skip the random-subset and PCA baselines")
     p.add_argument("--no-funnel", action="store_true", help="skip the adaptive funnel")
     p.add_argument("--repeats", type=int_at_least("--repeats", 1), default=3, help="timed rounds per length (default 3)")
+    p.add_argument("--memory-budget", type=memory_size("--memory-budget"), default="4GiB", metavar="SIZE",
+                   help="database-sized buffers held at once (indexes, chunks read), e.g. 4GiB, 512MiB, 8GB "
+                        "(default 4GiB); peak memory is this plus a fixed overhead")
     p.add_argument("--out", type=Path, default=None,
                    help="report folder (default RUN/eval/retrieval/<codes|features>/<database>--<queries>)")
     p.add_argument("--overwrite", action="store_true", help="replace a report of other inputs in the folder")
@@ -97,9 +100,12 @@ def run(args: argparse.Namespace) -> int:
                                for inp in (database, queries))
         results = retrieval.run_benchmark(
             getattr(db_arrays, array), db_arrays.labels, getattr(q_arrays, array), q_arrays.labels,
-            dims=args.dims, R=args.R, index=args.index, backend=args.backend, device=None,
-            baselines=not args.no_baselines, funnel=not args.no_funnel, repeats=args.repeats, name=array,
-            seed=loaded.config.train.seed if loaded is not None else 0)
+            dims=args.dims, R=args.R, name=array, seed=loaded.config.train.seed if loaded is not None else 0,
+            search=retrieval.SearchSettings(index=args.index, backend=args.backend,
+                                            memory_budget_bytes=args.memory_budget),
+            timing=retrieval.TimingSettings(repeats=args.repeats),
+            baselines=None if args.no_baselines else retrieval.BaselineSettings(),
+            funnel=None if args.no_funnel else retrieval.FunnelSettings())
     except (RunDirError, ValueError) as e:
         print(f"eigenmap retrieve: error: {e}", file=sys.stderr)
         return 2

@@ -12,18 +12,23 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 DEFAULT_MEMORY_BUDGET_BYTES = 4 << 30
+# rows read, transformed and copied at once while a buffer is filled: large enough for BLAS and
+# sequential reads, small enough to count as a fixed overhead beside the memory budget
+WORK_CHUNK_BYTES = 64 << 20
 
 
-def l2_normalize(x) -> np.ndarray:
+def l2_normalize(x, *, copy: bool = True) -> np.ndarray:
     """Rows divided by their L2 norm, as a new C-contiguous float32 array.
 
     Args:
         x: array-like ``[n, d]``.
+        copy: False normalises ``x`` in place when it already is a C-contiguous float32
+            np.ndarray (a fresh array the caller owns); a copy is made otherwise.
 
     Returns:
         ``[n, d]`` float32; an all-zero row stays zero (its cosine similarity to anything is 0).
     """
-    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    out = np.array(x, dtype=np.float32, order="C", copy=True if copy else None)
     norms = np.sqrt(np.einsum("ij,ij->i", out, out))
     np.divide(out, norms[:, None], out=out, where=norms[:, None] > 0)
     return out
@@ -41,6 +46,11 @@ def rows_for_budget(memory_budget_bytes: int | None, bytes_per_row: int) -> int:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise ValueError(f"memory_budget_bytes must be a positive integer (bytes) or None; got {budget!r}")
     return max(1, int(budget) // max(1, bytes_per_row))
+
+
+def work_rows(width: int) -> int:
+    """Rows of a working chunk of a ``[n, width]`` source: ``WORK_CHUNK_BYTES`` of float32 rows."""
+    return max(1, WORK_CHUNK_BYTES // (4 * max(1, int(width))))
 
 
 class RowView:
@@ -94,6 +104,16 @@ def materialize(x, chunk_rows: int) -> np.ndarray:
     for i0, i1 in row_chunks(n, chunk_rows):
         out[i0:i1] = x[i0:i1]
     return out
+
+
+def as_float32_rows(x) -> np.ndarray:
+    """``x`` as one C-contiguous float32 array in memory: a plain (not memory-mapped) array that
+    already is one is returned as it is; anything else is read working chunk by working chunk
+    (the result is then the only buffer of its size)."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
+    width = x.source.shape[1] if isinstance(x, RowView) else x.shape[1]
+    return materialize(x, work_rows(width))
 
 
 def take_rows(x, ids: np.ndarray) -> np.ndarray:

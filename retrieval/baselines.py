@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arrays import RowView, l2_normalize, row_chunks, rows_for_budget, take_rows
+from .arrays import RowView, l2_normalize, row_chunks, rows_for_budget, take_rows, work_rows
 from .checks import check_dims, check_positive_int
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ def random_subset(code_length: int, m: int, draw: int, seed: int = 0) -> np.ndar
 def subset_view(codes, columns: np.ndarray) -> RowView:
     """Lazy ``[n, len(columns)]`` view: the chosen columns of ``codes [n, k]``, L2-normalised per row."""
     columns = np.asarray(columns, dtype=np.int64)
-    return RowView(codes, lambda block: l2_normalize(block[:, columns]), len(columns),
+    # np.take is several times faster than fancy indexing block[:, columns] on wide row blocks
+    return RowView(codes, lambda block: l2_normalize(np.take(block, columns, axis=1), copy=False), len(columns),
                    f"random {len(columns)}-subset, L2-normalised")
 
 
@@ -58,7 +59,8 @@ def fit_pca(database, *, max_rows: int | None = DEFAULT_PCA_FIT_ROWS, seed: int 
         database: array-like ``[n, k]``.
         max_rows: fit on a seeded random sample of this many rows (all rows if None or >= n).
         seed: seed of the sample.
-        memory_budget_bytes: bytes of rows read at once (default 4 GiB).
+        memory_budget_bytes: bytes of rows read at once (default: small working chunks of
+            float64 rows, which BLAS runs at full speed).
 
     Returns:
         a :class:`PCA`.
@@ -66,7 +68,8 @@ def fit_pca(database, *, max_rows: int | None = DEFAULT_PCA_FIT_ROWS, seed: int 
     n, k = database.shape
     rows = n if max_rows is None else min(n, check_positive_int(max_rows, "pca max_rows"))
     ids = None if rows == n else np.sort(np.random.default_rng(seed).choice(n, rows, replace=False))
-    chunk = rows_for_budget(memory_budget_bytes, 16 * k)
+    # a chunk as float64 and its centred copy
+    chunk = work_rows(4 * k) if memory_budget_bytes is None else rows_for_budget(memory_budget_bytes, 16 * k)
 
     def blocks():
         for i0, i1 in row_chunks(rows, chunk):

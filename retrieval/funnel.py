@@ -21,7 +21,7 @@ import time
 import faiss
 import numpy as np
 
-from .arrays import materialize, rows_for_budget, sort_neighbours, take_rows
+from .arrays import as_float32_rows, rows_for_budget, sort_neighbours, take_rows
 from .checks import check_dims, check_positive_int, check_R
 from .index import SearchIndex, build_index
 from .prefix import prefix_codes, prefix_view
@@ -48,6 +48,10 @@ def check_funnel_settings(code_length: int, short_dim: int | None, rerank_dim: i
         )
     shortlist = None if shortlist_size is None else check_positive_int(shortlist_size, "shortlist_size")
     return short_len, rerank_len, shortlist
+
+
+def _is_tensor(x) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "device")
 
 
 def rerank(queries: np.ndarray, database, candidates: np.ndarray, R: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +97,10 @@ class Funnel:
         shortlist_size: candidates kept per query (default 2 R at search time).
         shortlist_index: a prebuilt index over the normalised ``short_dim`` prefix (the benchmark
             reuses its per-length index); built with ``index_options`` if None.
-        rerank_database: the normalised ``rerank_dim`` prefix ``[n, rerank_dim]`` if already built;
-            otherwise it is built in memory when it fits the budget, else read lazily by ids.
+        rerank_database: the normalised ``rerank_dim`` prefix ``[n, rerank_dim]`` if already built
+            (a float32 np.ndarray; with the torch backend also a tensor on the shortlist's device);
+            otherwise it is built in memory when it fits the budget (beside a shortlist index built
+            here), else read lazily by ids.
         memory_budget_bytes: as in :func:`~retrieval.index.build_index`.
         **index_options: passed to :func:`~retrieval.index.build_index` for the shortlist index.
     """
@@ -105,24 +111,34 @@ class Funnel:
         n, k = database.shape
         self.short_dim, self.rerank_dim, self.shortlist_size = check_funnel_settings(k, short_dim, rerank_dim,
                                                                                      shortlist_size)
-        self.index = shortlist_index or build_index(prefix_view(database, self.short_dim),
-                                                    memory_budget_bytes=memory_budget_bytes, **index_options)
-        fits = n * self.rerank_dim * 4 <= rows_for_budget(memory_budget_bytes, 1)
-        if rerank_database is None:
-            rerank_database = prefix_view(database, self.rerank_dim)
+        budget = rows_for_budget(memory_budget_bytes, 1)
+        if shortlist_index is None:
+            shortlist_index = build_index(prefix_view(database, self.short_dim), memory_budget_bytes=budget,
+                                          **index_options)
+            if shortlist_index.stored_rows() is not None:  # what it holds comes out of the budget
+                budget = max(1, budget - n * self.short_dim * 4)
+        self.index = shortlist_index
+        fits = n * self.rerank_dim * 4 <= budget
         self.rerank_device = "cpu"
         self._device_database = None
-        if self.index.backend.name == "torch" and fits:  # rerank on the shortlist's device
+        if self.index.backend.name == "torch" and (fits or _is_tensor(rerank_database)):  # rerank on its device
             from .torch_search import rerank_torch, to_device
 
             engine = self.index.engine
-            self._device_database = to_device(rerank_database, engine.device, engine.dtype,
-                                              rows_for_budget(memory_budget_bytes, 1))
+            if _is_tensor(rerank_database) and rerank_database.device == engine.device:
+                self._device_database = rerank_database.to(engine.dtype)
+            else:
+                source = prefix_view(database, self.rerank_dim) if rerank_database is None else rerank_database
+                self._device_database = to_device(source, engine.device, engine.dtype)
             self._rerank_torch = rerank_torch
             self.rerank_device = self.index.backend.device
             rerank_database = None
-        elif fits and not isinstance(rerank_database, np.ndarray):
-            rerank_database = materialize(rerank_database, rows_for_budget(memory_budget_bytes, 8 * self.rerank_dim))
+        elif isinstance(rerank_database, np.ndarray):
+            fits = True  # already in memory
+        elif fits:
+            rerank_database = as_float32_rows(prefix_view(database, self.rerank_dim))
+        else:
+            rerank_database = prefix_view(database, self.rerank_dim)
         self.rerank_database = rerank_database  # in memory when it fits, else read by ids at each rerank
         logger.debug("funnel: shortlist with %d dims, rerank with %d dims on %s (%s)", self.short_dim, self.rerank_dim,
                      self.rerank_device, "in memory" if fits else "rows read by id")

@@ -4,10 +4,11 @@
 info always names the backend, index type and device that ran. On L2-normalised rows the inner
 product is the cosine similarity.
 
-- ``flat``: exact. FAISS ``IndexFlatIP`` (on all visible GPUs, sharded, with faiss-gpu), or the
-  torch exact search. A database larger than the memory budget is streamed: it is read chunk by
-  chunk at every search and a running top-R is merged (as FAISS ``contrib.exhaustive_search``
-  does), so it never has to fit in memory.
+- ``flat``: exact. On the CPU, FAISS's exhaustive inner-product search (``faiss.knn``, what
+  ``IndexFlatIP.search`` runs) over one float32 array the index holds; ``IndexFlatIP`` on all
+  visible GPUs (sharded) with faiss-gpu; or the torch exact search. A database larger than the
+  memory budget is streamed: it is read chunk by chunk at every search and a running top-R is
+  merged (as FAISS ``contrib.exhaustive_search`` does), so it never has to fit in memory.
 - ``ivf``: ``IndexIVFFlat`` (inner product, spherical k-means), ``nlist`` lists, ``nprobe`` probed.
 - ``hnsw``: ``IndexHNSWFlat`` (inner product); FAISS has it on the CPU only.
 """
@@ -21,13 +22,15 @@ from contextlib import contextmanager
 import faiss
 import numpy as np
 
-from .arrays import rows_for_budget, row_chunks, sort_neighbours, take_rows
+from .arrays import as_float32_rows, rows_for_budget, row_chunks, sort_neighbours, take_rows, work_rows
 from .backend import Backend, resolve_backend
 from .checks import check_codes, check_positive_int, check_R, check_same_width
 
 logger = logging.getLogger(__name__)
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
+# build_index options beyond the database, kind, backend, device and budget
+INDEX_OPTIONS = ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "torch_dtype")
 
 
 class SearchIndex:
@@ -62,9 +65,10 @@ class SearchIndex:
     def _search(self, xq: np.ndarray, R: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def stored_rows(self) -> np.ndarray | None:
-        """The indexed rows as a float32 ``[ntotal, dim]`` array this index holds in host memory
-        (no copy; valid while the index lives), or None when it holds none."""
+    def stored_rows(self):
+        """The indexed rows ``[ntotal, dim]`` this index holds (no copy; valid while the index
+        lives): a float32 np.ndarray on the CPU, a tensor for the torch backend; None when it
+        holds none it can share (streamed, or on FAISS's GPUs)."""
         return None
 
     def info(self) -> dict:
@@ -102,7 +106,12 @@ def _blas_from(min_queries: int, d: int):
 
 
 class FaissFlatIndex(SearchIndex):
-    """Exact inner product with FAISS, in memory or streamed from ``database`` chunk by chunk."""
+    """Exact inner product with FAISS, in memory or streamed from ``database`` chunk by chunk.
+
+    In memory on the CPU the index is one float32 ``[n, d]`` array searched by ``faiss.knn``
+    (``IndexFlatIP`` would hold a second copy while it is filled); a C-contiguous float32
+    np.ndarray is used as it is, not copied. Streamed, one chunk of rows is held at a time.
+    """
 
     kind = "flat"
 
@@ -112,47 +121,54 @@ class FaissFlatIndex(SearchIndex):
         self.database = database
         budget = rows_for_budget(memory_budget_bytes, 1)
         self.in_memory = self.ntotal * self.dim * 4 <= budget
-        # streamed: one chunk as read (float32) plus its copy inside the index
-        self.chunk_rows = min(self.ntotal, rows_for_budget(budget, 2 * 4 * self.dim))
-        self.index = self._empty()
-        if self.in_memory:
-            _add_in_chunks(self.index, database, budget)
+        # streamed: the chunk read (float32) is the only database-sized buffer
+        self.chunk_rows = min(self.ntotal, rows_for_budget(budget, 4 * self.dim))
+        self.rows_array, self.index = None, None
+        if self.backend.name == "faiss-gpu":
+            self.index = _gpu_index(faiss.IndexFlatIP(self.dim), self.backend)
+            if self.in_memory:
+                _add_in_chunks(self.index, database)
+        elif self.in_memory:
+            self.rows_array = as_float32_rows(database)
         logger.debug("faiss flat index: %d x %d on %s, %s", self.ntotal, self.dim, backend.device,
                      "in memory" if self.in_memory else f"streamed in chunks of {self.chunk_rows} rows")
 
-    def _empty(self):
-        index = faiss.IndexFlatIP(self.dim)
-        return _gpu_index(index, self.backend) if self.backend.name == "faiss-gpu" else index
-
     def stored_rows(self):
-        if not self.in_memory or self.backend.name != "faiss-cpu":
-            return None
-        return faiss.rev_swig_ptr(self.index.get_xb(), self.ntotal * self.dim).reshape(self.ntotal, self.dim)
+        return self.rows_array
 
     def _search(self, xq, R):
         with _blas_from(BLAS_MIN_QUERIES, self.dim):
             if self.in_memory:
-                return self.index.search(xq, R)
+                return self._search_rows(xq, self.rows_array, R)
             heap = faiss.ResultHeap(len(xq), R, keep_max=True)
             for i0, i1 in row_chunks(self.ntotal, self.chunk_rows):
-                self.index.add(np.ascontiguousarray(self.database[i0:i1], dtype=np.float32))
-                D, I = self.index.search(xq, min(R, i1 - i0))
+                rows = np.ascontiguousarray(self.database[i0:i1], dtype=np.float32)
+                if self.index is not None:  # on the GPUs: this chunk is the index's content for one search
+                    self.index.add(rows)
+                D, I = self._search_rows(xq, rows, min(R, i1 - i0))
+                if self.index is not None:
+                    self.index.reset()
                 heap.add_result(D, I + i0)
-                self.index.reset()
             heap.finalize()
             return heap.D, heap.I
 
+    def _search_rows(self, xq, rows, R):
+        if self.index is not None:
+            return self.index.search(xq, R)
+        return faiss.knn(xq, rows, R, faiss.METRIC_INNER_PRODUCT)
+
     def _params(self):
+        # "IndexFlatIP" on the CPU too: faiss.knn is IndexFlatIP.search without the index's copy
         return {"index": "IndexFlatIP" + (" (sharded over GPUs)" if self.backend.num_gpus > 1 else ""),
                 "in_memory": self.in_memory, "chunk_rows": self.chunk_rows,
                 "num_chunks": 1 if self.in_memory else -(-self.ntotal // self.chunk_rows)}
 
 
-def _add_in_chunks(index, database, memory_budget_bytes: int | None) -> None:
-    """Add ``database [n, d]`` rows to a FAISS ``index`` a chunk at a time: one chunk read as
-    float32 plus its copy inside the index stay within the budget."""
+def _add_in_chunks(index, database) -> None:
+    """Add ``database [n, d]`` rows to a FAISS ``index`` a small working chunk at a time (the
+    index's own copy is the only database-sized buffer)."""
     n, d = database.shape
-    for i0, i1 in row_chunks(n, rows_for_budget(memory_budget_bytes, 2 * 4 * d)):
+    for i0, i1 in row_chunks(n, work_rows(d)):
         index.add(np.ascontiguousarray(database[i0:i1], dtype=np.float32))
 
 
@@ -173,8 +189,7 @@ class FaissIVFIndex(SearchIndex):
 
     kind = "ivf"
 
-    def __init__(self, database, backend: Backend, nlist: int | None, nprobe: int | None,
-                 memory_budget_bytes: int | None, seed: int):
+    def __init__(self, database, backend: Backend, nlist: int | None, nprobe: int | None, seed: int):
         self.backend = backend
         self.ntotal, self.dim = (int(s) for s in database.shape)
         self.nlist = check_positive_int(nlist, "nlist") if nlist is not None else max(1, round(math.sqrt(self.ntotal)))
@@ -195,7 +210,7 @@ class FaissIVFIndex(SearchIndex):
             faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
         else:
             index.nprobe = self.nprobe
-        _add_in_chunks(index, database, memory_budget_bytes)
+        _add_in_chunks(index, database)
         self.index = index
         self._quantizer = quantizer  # the IVF index refers to it; keep it alive
         logger.debug("faiss IVF index: %d x %d on %s, nlist %d, nprobe %d, trained on %d rows", self.ntotal, self.dim,
@@ -213,8 +228,7 @@ class FaissHNSWIndex(SearchIndex):
 
     kind = "hnsw"
 
-    def __init__(self, database, hnsw_m: int, ef_construction: int, ef_search: int,
-                 memory_budget_bytes: int | None):
+    def __init__(self, database, hnsw_m: int, ef_construction: int, ef_search: int):
         self.backend = Backend("faiss-cpu", "cpu")
         self.ntotal, self.dim = (int(s) for s in database.shape)
         self.hnsw_m = check_positive_int(hnsw_m, "hnsw_m")
@@ -222,7 +236,7 @@ class FaissHNSWIndex(SearchIndex):
         self.ef_search = check_positive_int(ef_search, "ef_search")
         index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.ef_construction
-        _add_in_chunks(index, database, memory_budget_bytes)
+        _add_in_chunks(index, database)
         self.index = index
 
     def _search(self, xq, R):
@@ -246,6 +260,9 @@ class TorchIndex(SearchIndex):
         self.ntotal, self.dim = (int(s) for s in database.shape)
         self.engine = TorchFlatIndex(database, device=backend.device, dtype=dtype,
                                      memory_budget_bytes=memory_budget_bytes)
+
+    def stored_rows(self):
+        return self.engine.stored
 
     def _search(self, xq, R):
         return self.engine.search(xq, R)
@@ -300,11 +317,10 @@ def build_index(
     elif index == "flat":
         built = FaissFlatIndex(database, chosen, memory_budget_bytes)
     elif index == "hnsw":
-        built = FaissHNSWIndex(database, hnsw_m, ef_construction, ef_search, memory_budget_bytes)
+        built = FaissHNSWIndex(database, hnsw_m, ef_construction, ef_search)
     else:  # IVF: FAISS's, on its GPUs with faiss-gpu, else on the CPU
         cpu = Backend("faiss-cpu", "cpu")
-        built = FaissIVFIndex(database, chosen if chosen.name == "faiss-gpu" else cpu, nlist, nprobe,
-                              memory_budget_bytes, seed)
+        built = FaissIVFIndex(database, chosen if chosen.name == "faiss-gpu" else cpu, nlist, nprobe, seed)
     n, d = database.shape
     built.rows = getattr(database, "description", f"{type(database).__name__} {n} x {d}")
     return built

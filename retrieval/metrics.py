@@ -8,8 +8,10 @@ Definitions (for one query; the reported figures are means over all queries):
   query with no relevant item in the database (such queries are counted and logged).
 - AP@R = the mean of precision@k over the ranks k <= R that hold a relevant item, i.e.
   sum_{k <= R, rel_k} precision@k / (relevant items in the top R); 0 when the top R holds
-  none. This is the HashNet / MRL definition: the denominator is the relevant count inside the
-  top R, not in the whole database (which would make AP@R a recall-weighted figure).
+  none. This is the HashNet / DeepHash-pytorch definition: the denominator is the relevant count
+  inside the top R, not in the whole database (which would make AP@R a recall-weighted figure).
+  Matryoshka Representation Learning's retrieval code divides the same sum by R instead, which
+  is never higher (docs/multilabel.md compares the definitions).
 - ties: items with equal scores inside the returned list form a group whose internal order is
   arbitrary. AP@R is the expectation over all orders of each group (McSherry & Najork 2008):
   for a group at ranks a..a+n-1 holding r relevant items after c relevant ones, position j
@@ -142,6 +144,40 @@ def relevant_counts(query: Labels, database: Labels) -> np.ndarray:
         shared = q @ database.values[i0 : i0 + rows].T.astype(np.float32)  # exact: small integer counts
         out += (shared > 0).sum(axis=1)
     return out
+
+
+def random_ranking_map(relevant: np.ndarray, n_database: int, R: int) -> float:
+    """Expected mAP@R of a uniformly random ranking of the database (exact), the chance level.
+
+    With r items of n relevant to a query, the hits h in a random top R are hypergeometric and,
+    given h, their ranks are a uniform h-subset of 1..R, so E[AP@R | h] = (H_R + (h - 1)(R - H_R)
+    / (R - 1)) / R with H_R = 1 + 1/2 + ... + 1/R (1 for R = 1). AP@R divides by the hits inside
+    the top R, so when few items are relevant this is about the class prior r/n times H_R, not r/n.
+
+    Args:
+        relevant: ``[nq]`` relevant items in the database per query.
+        n_database: database rows; R: the cut-off (<= n_database).
+
+    Returns:
+        the mean over queries of E[AP@R].
+    """
+    relevant = np.asarray(relevant, dtype=np.int64)
+    log_factorial = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n_database + 1, dtype=np.float64)))])
+
+    def log_choose(a, b):
+        return log_factorial[a] - log_factorial[b] - log_factorial[a - b]
+
+    harmonic = float(np.sum(1.0 / np.arange(1, R + 1)))
+    hits = np.arange(1, R + 1)
+    given_hits = np.ones(1) if R == 1 else (harmonic + (hits - 1) * (R - harmonic) / (R - 1)) / R
+    total = 0.0
+    values, counts = np.unique(relevant, return_counts=True)
+    for r, count in zip(values, counts):
+        h = hits[(hits <= r) & (R - hits <= n_database - r)]
+        if len(h):
+            pmf = np.exp(log_choose(r, h) + log_choose(n_database - r, R - h) - log_choose(n_database, R))
+            total += count * float(pmf @ given_hits[h - 1])
+    return total / max(1, len(relevant))
 
 
 def tie_aware_precision_sums(rel: np.ndarray, D: np.ndarray | None) -> np.ndarray:

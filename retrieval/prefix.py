@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrays import RowView, l2_normalize, materialize, rows_for_budget
+from .arrays import RowView, l2_normalize, materialize, rows_for_budget, work_rows
 from .checks import check_dims
 
 
@@ -43,8 +43,10 @@ def prefix_codes(codes, m: int, memory_budget_bytes: int | None = None) -> np.nd
     """The first ``m`` dimensions of ``codes [n, k]``, L2-normalised per row, in memory.
 
     Returns:
-        ``[n, m]`` C-contiguous float32 (read from ``codes`` in chunks of at most the budget).
+        ``[n, m]`` C-contiguous float32 (read from ``codes`` in small working chunks, or in
+        chunks of at most ``memory_budget_bytes``).
     """
     view = prefix_view(codes, m)
-    return materialize(view, rows_for_budget(memory_budget_bytes, 8 * codes.shape[1]))
+    k = codes.shape[1]
+    return materialize(view, work_rows(k) if memory_budget_bytes is None else rows_for_budget(memory_budget_bytes, 8 * k))
 

@@ -19,6 +19,10 @@ logger = logging.getLogger(__name__)
 def write_report(results: dict, out_dir, *, stem: str = "retrieval") -> dict[str, Path]:
     """Write ``results`` (from :func:`retrieval.run_benchmark`) under ``out_dir`` (created if needed).
 
+    ``results["inputs"]``, when the caller adds it, names what was benchmarked: a dict of role
+    ("database", "queries", "run", ...) -> a dict such as ``{"path": ..., "content_id": ...}``
+    or a plain value. The markdown lists it first, so every report names its inputs.
+
     Returns:
         ``{"json", "markdown", "map_plot", "qps_plot"}`` -> paths: ``{stem}.json``, ``{stem}.md``,
         ``{stem}_map.png`` (mAP@R against code length, codes and baselines) and
@@ -43,39 +47,99 @@ def _describe(results: dict) -> str:
             f"index {s.get('index', s['index_kind'])} ({s['index_kind']}), {s['threads']} CPU threads")
 
 
+def _inputs(inputs: dict) -> list[str]:
+    """One line per input role: its path and content id (or whatever the caller recorded)."""
+    lines = ["Inputs:", ""]
+    for role, value in inputs.items():
+        if isinstance(value, dict):
+            rest = ", ".join(f"{key} {item}" for key, item in value.items() if key != "path" and item is not None)
+            text = f"`{value.get('path')}`" + (f" ({rest})" if rest else "")
+        else:
+            text = "none" if value is None else f"`{value}`"
+        lines.append(f"- {role}: {text}")
+    return lines + [""]
+
+
+def _share(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def _speedups(results: dict) -> list[str]:
+    """The speed-up at 1/16 with its spread over the rounds, and the load beside it."""
+    s16, timing = results.get("speedup_at_1_16"), results["timing"]
+    rounds = timing["repeats"]
+    lines = []
+    if s16 is not None:
+        k = results["sizes"]["code_length"]
+        lines.append(f"Speed-up at 1/16 of the code length ({k // 16} of {k} dimensions): median "
+                     f"{s16['median']:.2f}x, range {s16['min']:.2f}x to {s16['max']:.2f}x over {rounds} timed "
+                     f"round{'s' if rounds != 1 else ''}, each round's search paired with the same round's "
+                     f"{results['reference_dim']}-dimension search.")
+    load = timing.get("background_cpu")
+    if load is not None:
+        lines.append(f"Other processes took a median {_share(load['median'])} (at most {_share(load['max'])}) of "
+                     "the machine's CPU during the timed searches; a loaded machine makes speed-ups move.")
+    if not timing["interleaved"]:
+        lines.append("The indexes did not fit the memory budget together: each length was rebuilt before its "
+                     "search in every round, so the rounds stayed interleaved and the per-round pairing holds.")
+    return lines
+
+
 def markdown_table(results: dict) -> str:
-    """One row per length: mAP@R, P@R, R@R, random-subset mAP mean ± std, PCA mAP, q/s, speed-up."""
+    """The inputs, the chance level, then one row per length: mAP@R, P@R, R@R, random-subset mAP
+    mean ± std and PCA mAP (with the prefix on the baselines' queries when they are a sample),
+    q/s, speed-up median and range over the rounds; the speed-up at 1/16, the load, the funnel."""
     R = results["R"]
-    baselines = results.get("baselines") is not None
-    lines = [f"# Retrieval with {results['name']}: quality and speed against code length", "",
-             _describe(results) + ".", "", f"Timing: {results['timing']['method']}.", "",
-             f"Metrics: an item is relevant when it shares a label with the query; P@{R} = relevant in the top "
-             f"{R} / {R}; R@{R} = relevant in the top {R} / relevant in the database; AP@{R} = mean of "
-             f"precision@k over the ranks k <= {R} holding a relevant item (0 if none), equal scores averaged "
-             "over their orders; means over queries.", ""]
+    base = results.get("baselines")
+    lines = [f"# Retrieval with {results['name']}: quality and speed against code length", ""]
+    if results.get("inputs"):
+        lines += _inputs(results["inputs"])
+    lines += [_describe(results) + ".", "", f"Timing: {results['timing']['method']}.", "",
+              f"Metrics: an item is relevant when it shares a label with the query; P@{R} = relevant in the top "
+              f"{R} / {R}; R@{R} = relevant in the top {R} / relevant in the database; AP@{R} = mean of "
+              f"precision@k over the ranks k <= {R} holding a relevant item (0 if none), equal scores averaged "
+              "over their orders; means over queries.", ""]
+    chance = results.get("chance")
+    if chance is not None:
+        lines += [f"Chance level: mAP@{R} {chance['map']:.4f} (class prior {chance['class_prior']:.4f}): "
+                  f"{chance['definition']}.", ""]
+    sampled = base is not None and base["queries"] < results["sizes"]["queries"]
+    if base is not None:
+        pca = f"PCA fitted on {base['pca_fit_rows']} rows" if base.get("pca", True) else "no PCA"
+        lines += [f"Baselines at lengths {', '.join(map(str, base['dims'])) or 'none'} on {base['query_sample']}, "
+                  f"{pca} ({base['choice']}). Spread: {base['spread']}.", ""]
     head = ["length", f"mAP@{R}", f"P@{R}", f"R@{R}"]
-    if baselines:
-        head += [f"random-subset mAP@{R} (mean ± std, {results['baselines']['random_draws']} draws)", f"PCA mAP@{R}"]
-    head += ["q/s", f"speed-up vs {results['reference_dim']}"]
+    if base is not None:
+        head += ([f"prefix mAP@{R} on the baseline queries"] if sampled else []) + [
+            f"random-subset mAP@{R} (mean ± std, {base['random_draws']} draws)", f"PCA mAP@{R}"]
+    head += ["q/s", f"speed-up vs {results['reference_dim']} (median, range)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for rec in results["lengths"]:
         c = rec["codes"]
         row = [str(rec["dim"]), f"{c['map']:.4f}", f"{c['precision']:.4f}", f"{c['recall']:.4f}"]
-        if baselines:
-            rs = rec["random_subset"]
-            row += [f"{rs['map_mean']:.4f} ± {rs['map_std']:.4f}", f"{rec['pca']['map']:.4f}"]
-        row += [f"{rec['qps']:.0f}", f"{rec['speedup']:.2f}x"]
+        if base is not None:
+            rs, pca, own = rec.get("random_subset"), rec.get("pca"), rec.get("codes_on_baseline_queries")
+            row += ([f"{own['map']:.4f}" if own else "—"] if sampled else []) + [
+                f"{rs['map_mean']:.4f} ± {rs['map_std']:.4f}" if rs else "—", f"{pca['map']:.4f}" if pca else "—"]
+        row += [f"{rec['qps']:.0f}", _ratio(rec)]
         lines.append("| " + " | ".join(row) + " |")
-    if results.get("speedup_at_1_16") is not None:
-        lines += ["", f"Speed-up at 1/16 of the code length: {results['speedup_at_1_16']:.2f}x."]
+    speed = _speedups(results)
+    if speed:
+        lines += [""] + [" ".join(speed)]
     f = results.get("funnel")
     if f:
         lines += ["", (f"Funnel: shortlist of {f['shortlist_size']} with {f['short_dim']} dimensions, rerank with "
                        f"{f['rerank_dim']} ({f['rerank_device']}): mAP@{R} {f['map']:.4f} (full length "
                        f"{f['full_length_map']:.4f}, {f['map_delta_points']:+.2f} points), P@{R} {f['precision']:.4f}, "
-                       f"R@{R} {f['recall']:.4f}; {f['qps']:.0f} q/s, {f['speedup']:.2f}x the full length "
+                       f"R@{R} {f['recall']:.4f}; {f['qps']:.0f} q/s, {_ratio(f)} the full length "
                        f"(shortlist {f['shortlist_seconds']:.3f} s + rerank {f['rerank_seconds']:.3f} s).")]
     return "\n".join(lines) + "\n"
+
+
+def _ratio(rec: dict) -> str:
+    """The speed-up's median and range over the rounds."""
+    low, high = rec["speedup_range"]
+    return f"{rec['speedup_median']:.2f}x ({low:.2f}-{high:.2f}x)"
 
 
 def _axes(title: str, ylabel: str):
@@ -91,17 +155,26 @@ def _axes(title: str, ylabel: str):
 
 
 def plot_map(results: dict) -> Figure:
-    """mAP@R against code length: the prefixes, random subsets (mean ± std) and PCA; the funnel."""
+    """mAP@R against code length: the prefixes, random subsets (mean ± std) and PCA where they ran,
+    the chance level (a random ranking's mAP@R), the funnel."""
     R, recs = results["R"], results["lengths"]
     dims = [r["dim"] for r in recs]
     fig, ax = _axes(f"{results['name']}: mAP@{R} against code length ({results['sizes']['database']} database rows)",
                     f"mAP@{R}")
     ax.plot(dims, [r["codes"]["map"] for r in recs], "o-", label=f"{results['name']} prefix (first m dims)")
     if results.get("baselines") is not None:
-        ax.errorbar(dims, [r["random_subset"]["map_mean"] for r in recs],
-                    yerr=[r["random_subset"]["map_std"] for r in recs], fmt="s--", capsize=3,
-                    label=f"random m-subset (mean ± std, {results['baselines']['random_draws']} draws)")
-        ax.plot(dims, [r["pca"]["map"] for r in recs], "^:", label="PCA to m dims")
+        with_rs = [r for r in recs if r.get("random_subset")]
+        with_pca = [r for r in recs if r.get("pca")]
+        sample = results["baselines"].get("query_sample", "all queries")
+        note = "" if sample == "all queries" else f", on {sample}"
+        ax.errorbar([r["dim"] for r in with_rs], [r["random_subset"]["map_mean"] for r in with_rs],
+                    yerr=[r["random_subset"]["map_std"] for r in with_rs], fmt="s--", capsize=3,
+                    label=f"random m-subset (mean ± std, {results['baselines']['random_draws']} draws{note})")
+        ax.plot([r["dim"] for r in with_pca], [r["pca"]["map"] for r in with_pca], "^:", label=f"PCA to m dims{note}")
+    chance = results.get("chance")
+    if chance is not None:
+        ax.axhline(chance["map"], color="0.4", linestyle="-.", linewidth=1,
+                   label=f"chance: a random ranking ({chance['map']:.3f})")
     f = results.get("funnel")
     return _finish_plot(fig, ax, dims, f, "map", f and f"{f['shortlist_size']} shortlisted", "lower right")
 
@@ -117,6 +190,7 @@ def plot_qps(results: dict) -> Figure:
     ax.set_yscale("log")
     ax.plot(dims, [r["qps"] for r in recs], "o-",
             label=f"{s['index_kind']} search, best of {results['timing']['repeats']} rounds")
+    ax.plot(dims, [r["qps_median"] for r in recs], ".:", label="median round")
     f = results.get("funnel")
     return _finish_plot(fig, ax, dims, f, "qps", f and f"{f['speedup']:.1f}x full length", "upper right")
 

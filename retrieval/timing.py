@@ -1,8 +1,9 @@
 """Wall-clock timing of searches, robust to a shared machine.
 
 Runs are interleaved: each round runs every search once, so load that drifts over the minutes a
-benchmark takes slows all lengths alike instead of whichever ran last. One warm-up round is not
-recorded; the figure kept is the best round (the least disturbed), with the median beside it.
+benchmark takes slows all lengths alike instead of whichever ran last, and two runs can be
+compared round by round (a ratio per round, then its median and range). One warm-up round is
+not recorded; the best round (the least disturbed) and the median are kept.
 Each timed run also records the CPU share other processes (and, on a VM, the hypervisor) took
 meanwhile, from /proc/stat, so a reader can see how quiet the machine was.
 """
@@ -61,6 +62,30 @@ def wait_for_quiet(max_seconds: float, busy_share: float, window_seconds: float 
     return False
 
 
+def time_once(fn: Callable[[], object], *, busy_retries: int = 0, busy_share: float = 0.1,
+              quiet_wait_seconds: float = 0.0) -> tuple[float, float | None, int]:
+    """Time ``fn`` once, again (``busy_retries`` times at most) while other processes took more
+    than ``busy_share`` of the machine's CPU during the try, waiting up to ``quiet_wait_seconds``
+    for a quiet machine before each try.
+
+    Returns:
+        (seconds of the fastest try, the CPU share others took during it or None, tries made).
+    """
+    tries = []
+    while not tries or (len(tries) <= busy_retries and tries[-1][1] is not None and tries[-1][1] > busy_share):
+        if quiet_wait_seconds > 0:
+            wait_for_quiet(quiet_wait_seconds, busy_share)
+        tries.append(timed_run(fn))
+    seconds, other = min(tries, key=lambda t: t[0])
+    return seconds, other, len(tries)
+
+
+def summarise(seconds: list[float], background: list[float | None], tries: list[int]) -> dict:
+    """The timing record of one run over its rounds: the lists, ``best_seconds``, ``median_seconds``."""
+    return {"seconds": list(seconds), "background_cpu": list(background), "tries": list(tries),
+            "best_seconds": min(seconds), "median_seconds": statistics.median(seconds)}
+
+
 def time_interleaved(runs: dict[str, Callable[[], object]], *, repeats: int = 3, warmup: int = 1,
                      busy_retries: int = 0, busy_share: float = 0.1,
                      quiet_wait_seconds: float = 0.0) -> dict[str, dict]:
@@ -83,20 +108,13 @@ def time_interleaved(runs: dict[str, Callable[[], object]], *, repeats: int = 3,
     for _ in range(warmup):
         for fn in runs.values():
             fn()
-    out = {name: {"seconds": [], "background_cpu": [], "tries": []} for name in runs}
+    rounds = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
-            tries = []
-            while not tries or (len(tries) <= busy_retries and tries[-1][1] is not None and tries[-1][1] > busy_share):
-                if quiet_wait_seconds > 0:
-                    wait_for_quiet(quiet_wait_seconds, busy_share)
-                tries.append(timed_run(fn))
-            seconds, other = min(tries, key=lambda t: t[0])
-            out[name]["seconds"].append(seconds)
-            out[name]["background_cpu"].append(other)
-            out[name]["tries"].append(len(tries))
-    for name, rec in out.items():
-        rec["best_seconds"] = min(rec["seconds"])
-        rec["median_seconds"] = statistics.median(rec["seconds"])
-        logger.info("%s: best %.4f s, median %.4f s", name, rec["best_seconds"], rec["median_seconds"])
+            rounds[name].append(time_once(fn, busy_retries=busy_retries, busy_share=busy_share,
+                                          quiet_wait_seconds=quiet_wait_seconds))
+    out = {}
+    for name, timed in rounds.items():
+        out[name] = summarise(*(list(column) for column in zip(*timed)))
+        logger.info("%s: best %.4f s, median %.4f s", name, out[name]["best_seconds"], out[name]["median_seconds"])
     return out

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import torch
 
-from .arrays import rows_for_budget, row_chunks, sort_neighbours
+from .arrays import rows_for_budget, row_chunks, sort_neighbours, work_rows
 from .topk import merge_topk, topk_rows
 
 logger = logging.getLogger(__name__)
@@ -31,15 +31,16 @@ def _block_to_device(block, row0: int, device: torch.device, dtype: torch.dtype)
     return t
 
 
-def to_device(database, device, dtype: torch.dtype, memory_budget_bytes: int) -> torch.Tensor:
-    """``database [n, d]`` (array-like, read in chunks of the budget) as one tensor on ``device``.
+def to_device(database, device, dtype: torch.dtype) -> torch.Tensor:
+    """``database [n, d]`` (array-like, read a working chunk at a time) as one tensor on ``device``.
 
     Raises:
         ValueError: a value overflows ``dtype`` (float16 holds |x| < 65504).
     """
     n, d = (int(s) for s in database.shape)
     out = torch.empty((n, d), device=device, dtype=dtype)
-    for i0, i1 in row_chunks(n, rows_for_budget(memory_budget_bytes, 8 * d)):
+    source_width = database.source.shape[1] if hasattr(database, "source") else d
+    for i0, i1 in row_chunks(n, work_rows(source_width)):
         out[i0:i1] = _block_to_device(database[i0:i1], i0, out.device, dtype)
     return out
 
@@ -67,7 +68,7 @@ class TorchFlatIndex:
         self._itemsize = torch.empty((), dtype=self.dtype).element_size()
         self.budget = rows_for_budget(memory_budget_bytes, 1)  # validated budget in bytes
         self.resident = self.ntotal * self.dim * self._itemsize <= self.budget // 2
-        self._stored = to_device(database, self.device, self.dtype, self.budget // 2) if self.resident else None
+        self.stored = to_device(database, self.device, self.dtype) if self.resident else None
         logger.info("torch flat index: %d x %d %s on %s, %s", self.ntotal, self.dim, self.dtype, self.device,
                     "resident" if self.resident else "streamed")
 
@@ -82,7 +83,7 @@ class TorchFlatIndex:
     def _chunks(self, rows: int):
         for i0, i1 in row_chunks(self.ntotal, rows):
             if self.resident:
-                yield i0, self._stored[i0:i1]
+                yield i0, self.stored[i0:i1]
             else:
                 yield i0, _block_to_device(self.database[i0:i1], i0, self.device, self.dtype)
 

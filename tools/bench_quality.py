@@ -220,8 +220,10 @@ def evaluate(run_dir: Path, train_beton: Path, val_beton: Path) -> dict:
     k = train_set.codes.shape[1]
     dims = sorted({k // f for f in FRACTIONS if k % f == 0})
     report = retrieval.run_benchmark(train_set.codes, train_set.labels, val_set.codes, val_set.labels, dims=dims,
-                                     R=100, index="flat", backend="faiss-cpu", baselines=True, funnel=False,
-                                     repeats=1, seed=run.config.train.seed, name="codes")
+                                     R=100, search=retrieval.SearchSettings(index="flat", backend="faiss-cpu"),
+                                     baselines=retrieval.BaselineSettings(dims="all", query_sample=None), funnel=None,
+                                     timing=retrieval.TimingSettings(repeats=1), seed=run.config.train.seed,
+                                     name="codes")
     retrieval.write_report(report, RunDir(run_dir).retrieval("codes", pair_name(*(inp.name for inp in sets))))
     stats = run.model.statistics()
     trained = run.step not in (None, 0)

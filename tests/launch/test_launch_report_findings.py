@@ -69,7 +69,8 @@ def _run_dir(tmp_path: Path, *, leading_signal: bool, eigenvalues: np.ndarray) -
         folders[role] = run_dir / "eval" / "features" / role
         folders[role].mkdir(parents=True)
         np.save(folders[role] / "labels.npy", labels)
-    results = retrieval.run_benchmark(db, db_labels, q, q_labels, R=50, repeats=3, random_draws=3)
+    results = retrieval.run_benchmark(db, db_labels, q, q_labels, R=50, timing=retrieval.TimingSettings(repeats=3),
+                                      baselines=retrieval.BaselineSettings(random_draws=3))
     results["inputs"] = {"run": str(run_dir), "step": 20, **{role: str(f) for role, f in folders.items()}}
     retrieval.write_report(results, RunDir(run_dir).retrieval("codes", PAIR))
     probe = {"num_classes": CLASSES, "device": "cpu", "train": {"num_images": 1500}, "val": {"num_images": 60,

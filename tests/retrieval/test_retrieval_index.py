@@ -138,3 +138,16 @@ def test_unknown_backend_and_device_misuse_are_named():
         resolve_backend("cuvs")
     with pytest.raises(ValueError, match="applies to the torch backend only"):
         resolve_backend("faiss-cpu", "cpu")
+
+
+def test_an_in_memory_cpu_index_holds_no_second_copy_and_a_streamed_one_one_chunk():
+    xb, xq = _data(n=1000, d=16)
+    index = build_index(xb, backend="faiss-cpu")
+    assert np.shares_memory(index.stored_rows(), xb)  # the array searched as it is
+    built = build_index(prefix_view(xb, 16), backend="faiss-cpu")
+    assert built.stored_rows().shape == (1000, 16) and not np.shares_memory(built.stored_rows(), xb)
+    # streamed: the chunk read is the only buffer of the budget's size (no index copy beside it)
+    streamed = build_index(prefix_view(xb, 16), backend="faiss-cpu", memory_budget_bytes=16 * 4 * 100)
+    assert streamed.info()["in_memory"] is False and streamed.info()["chunk_rows"] == 100
+    assert streamed.stored_rows() is None
+    np.testing.assert_array_equal(streamed.search(prefix_codes(xq, 16), 5)[1], built.search(prefix_codes(xq, 16), 5)[1])

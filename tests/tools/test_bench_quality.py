@@ -79,7 +79,9 @@ def test_a_dataset_with_more_than_ten_classes_gets_an_online_classifier_of_its_s
         (tmp_path / "src" / f"class{c:02d}").mkdir(parents=True)
         Image.fromarray(np.full((8, 8, 3), 20 * c, dtype=np.uint8)).save(tmp_path / "src" / f"class{c:02d}" / "0.png")
     write_beton(tmp_path / "src", tmp_path / "train.beton", workers=1)
-    cfg = _load_bench()._config("neuralef_stopgrad", tmp_path / "run", tmp_path / "train.beton", 1, [])
+    # a batch the 12 images fill: the plan needs at least one step
+    cfg = _load_bench()._config("neuralef_stopgrad", tmp_path / "run", tmp_path / "train.beton", 1,
+                                ["data.batch_size_per_worker=12"])
     assert cfg.model.num_classes == 12
 
 

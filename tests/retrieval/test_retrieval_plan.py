@@ -1,0 +1,115 @@
+"""The plan of a benchmark run: indexes held only when they fit the budget, baselines chosen
+within their cost bound, deterministic; the settings groups refuse bad values by name; progress
+lines are plain and carry an estimate of the time left."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from retrieval import BaselineSettings, FunnelSettings, SearchSettings, TimingSettings, parse_bytes
+from retrieval.plan import BASELINE_FLOOR_UNITS, make_plan
+from retrieval.prefix import default_lengths
+from retrieval.progress import Progress, clock
+
+
+def _plan(n=200_000, nq=1_000, k=2048, budget=4 << 30, baselines=BaselineSettings(), funnel=(128, 2048, None),
+          repeats=3):
+    return make_plan(n=n, nq=nq, k=k, R=100, lengths=default_lengths(k), kind="flat", options={}, budget=budget,
+                     repeats=repeats, funnel=funnel, baselines=baselines, seed=0)
+
+
+def test_indexes_are_held_only_when_all_of_them_fit_the_budget_together():
+    held = _plan()
+    assert held.held and held.held_bytes == 4 * 200_000 * (2 * 2048 - 1) <= 4 << 30
+    tight = _plan(budget=3 << 30)  # each length fits alone, all twelve together do not
+    assert not tight.held and tight.held_bytes == 0
+    # the funnel's lengths count when the sweep does not hold them
+    sizes = 4 * 1000 * 63
+    assert make_plan(n=1000, nq=10, k=64, R=10, lengths=[64], kind="flat", options={}, budget=4 * 1000 * 64 + 100,
+                     repeats=1, funnel=(4, 64, None), baselines=None, seed=0).held is False
+    assert make_plan(n=1000, nq=10, k=64, R=10, lengths=[4, 64], kind="flat", options={}, budget=sizes + 4 * 1000 * 5,
+                     repeats=1, funnel=(4, 64, None), baselines=None, seed=0).held is True
+
+
+def test_auto_baselines_stay_within_their_cost_bound_and_the_choice_is_deterministic():
+    plan = _plan()
+    assert plan.baseline_units() <= 1.5 * plan.sweep_units()
+    assert plan.baseline_dims == default_lengths(2048)[: len(plan.baseline_dims)]  # the shortest first
+    assert 0 < len(plan.baseline_dims) < 12  # the longest lengths cost the most and are left out here
+    assert plan.baseline_queries == 1000 and plan.baseline_query_ids is None  # 1,000 queries: all of them
+    again = _plan()
+    assert again.baseline_dims == plan.baseline_dims and again.pca_fit_rows == plan.pca_fit_rows
+    # ten times the queries: the baselines run on a sample of 1,000, so more lengths fit the bound
+    many = _plan(nq=10_000)
+    assert many.baseline_queries == 1000 and len(many.baseline_query_ids) == 1000
+    assert sorted(set(many.baseline_query_ids)) == list(many.baseline_query_ids)
+    assert len(many.baseline_dims) > len(plan.baseline_dims)
+    assert "1.5x the sweep" in many.baseline_choice and "sample of 1000 of the 10000 queries" in many.baseline_choice
+    # fewer queries make the sweep cheaper: the PCA is fitted on fewer rows, never under 10 rows per
+    # dimension; when even that fit would take over half the allowance PCA is left out, and the
+    # random subsets keep a small fixed allowance
+    fewer = _plan(nq=200, k=1024)
+    assert fewer.pca and 10 * 1024 <= fewer.pca_fit_rows < 200_000 and "PCA fitted on" in fewer.baseline_choice
+    few = _plan(n=20_000, nq=20, k=8192, funnel=(512, 8192, None))  # an 8,192 x 8,192 eigendecomposition
+    assert not few.pca and few.pca_fit_rows == 0 and "PCA left out" in few.baseline_choice
+    assert few.baseline_dims[:3] == [1, 2, 4]
+    for p in (fewer, few):
+        assert p.baseline_units() <= max(1.5 * p.sweep_units(), BASELINE_FLOOR_UNITS)
+
+
+def test_asked_baseline_lengths_are_kept_and_checked():
+    assert _plan(baselines=BaselineSettings(dims="all")).baseline_dims == default_lengths(2048)
+    assert _plan(baselines=BaselineSettings(dims=[512, 8])).baseline_dims == [8, 512]
+    with pytest.raises(ValueError, match=r"baseline dims \[7\] are not among the benchmarked lengths"):
+        _plan(baselines=BaselineSettings(dims=[7, 8]))
+
+
+def test_the_plan_says_what_it_will_do():
+    plan = _plan(budget=3 << 30)
+    plan.seconds_per_unit = 3e-11
+    text = plan.describe()
+    assert "lengths 1, 2, 4" in text and "rebuilt in every round" in text and "paired per round" in text
+    assert "funnel: shortlist 200 with 128 dims, rerank with 2048" in text
+    assert "random subsets and PCA" in text and "estimated time" in text
+    assert plan.as_dict()["estimated_seconds"]["total"] == pytest.approx(plan.total_units() * 3e-11)
+    assert "baselines: off" in _plan(baselines=None).describe()
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: SearchSettings(index="ivfpq"), "index must be one of flat, ivf, hnsw"),
+    (lambda: SearchSettings(backend="gpu"), "backend must be one of auto, faiss-cpu"),
+    (lambda: SearchSettings(memory_budget_bytes=-1), "memory_budget_bytes must be a positive integer"),
+    (lambda: SearchSettings(index_options={"nprobes": 4}), "unknown index_options nprobes; accepted: nlist"),
+    (lambda: TimingSettings(repeats=0), "repeats must be a positive integer"),
+    (lambda: TimingSettings(busy_retries=-1), "busy_retries must be an integer >= 0"),
+    (lambda: FunnelSettings(short_dim=0), "funnel short_dim must be a positive integer"),
+    (lambda: BaselineSettings(dims="some"), "baseline dims must be 'auto', 'all' or a list"),
+    (lambda: BaselineSettings(query_sample=0), "baseline query_sample must be a positive integer"),
+    (lambda: BaselineSettings(cost_ratio=0), "baseline cost_ratio must be a number > 0"),
+])
+def test_bad_settings_are_named_when_made(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_memory_sizes_read_with_their_units():
+    assert parse_bytes("4GiB") == 4 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("2.5G") == 2_500_000_000
+    assert parse_bytes("1000") == 1000 and parse_bytes("8gb") == 8_000_000_000 and parse_bytes("64 KiB") == 65536
+    for bad in ("4 GiB of it", "-1G", "0", "lots"):
+        with pytest.raises(ValueError, match="memory size"):
+            parse_bytes(bad)
+
+
+def test_progress_lines_are_plain_with_elapsed_and_time_left(caplog):
+    log = logging.getLogger("test.progress")
+    progress = Progress(total_units=10, seconds_per_unit=2.0, log=log)
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        progress.done(0, "starting")
+        progress.done(5, "half of it: %d", 5)
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first.startswith("starting | elapsed 0:00, about 0:20 left")  # the probe's rate: 10 units x 2 s
+    assert second.startswith("half of it: 5 | elapsed ") and "left" in second
+    assert "\r" not in first + second and "\x1b" not in first + second
+    assert clock(59) == "0:59" and clock(3723) == "1:02:03"
