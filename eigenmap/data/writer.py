@@ -177,8 +177,9 @@ def _make_writer(path: str, fields: dict, page_size: int, workers: int):
     ImageNet), and its ``_write_common`` polls a shared counter until every sample is written,
     so a dead worker (killed, out of memory) makes it wait forever. This subclass repeats those
     two methods, same steps in the same order, but hands out numpy chunks a few at a time as the
-    workers finish them, and checks the workers' liveness while it polls. ``from_source`` is
-    the writer's own entry: every file decoded once in the writer processes, bad files left out.
+    workers finish them, and checks the workers' liveness while it polls; its processes write
+    their pages without waiting for each other (``_PagesInAnyOrder``). ``from_source`` is the
+    writer's own entry: every file decoded once in the writer processes, bad files left out.
     """
     from ffcv.memory_allocator import MemoryAllocator
     from ffcv.types import ALLOC_TABLE_TYPE
@@ -189,6 +190,31 @@ def _make_writer(path: str, fields: dict, page_size: int, workers: int):
             stop = min(start + chunksize, len(indices))
             # rows of (position in the file, index in the dataset), as FFCV's worker reads them
             yield np.stack([np.arange(start, stop, dtype=np.int64), indices[start:stop]], axis=1)
+
+    class _PagesInAnyOrder(MemoryAllocator):
+        """FFCV's page allocator, each full page written at its own offset (``pwrite``).
+
+        FFCV's appends pages in page order: a process whose page is full polls, every
+        millisecond, until every earlier page is written, so one writer process slowed down (a
+        busy machine, a large image) stalls the others. Written at their offsets, pages can land
+        in any order; the file's bytes are the same (the zeros before the first page become a
+        hole, which reads as zeros).
+        """
+
+        def __enter__(self):
+            self.fd = os.open(self.fname, os.O_WRONLY)
+
+        def flush_page(self):
+            if self.my_page < 0:  # no page allocated yet
+                return
+            view, offset = memoryview(self.page_data), self.offset + self.my_page * self.page_size
+            while view:
+                written = os.pwrite(self.fd, view, offset)
+                view, offset = view[written:], offset + written
+
+        def __exit__(self, exc_type, exc_val, exc_tb):
+            self.flush_page()
+            os.close(self.fd)
 
     class _SafeDatasetWriter(DatasetWriter):
         def from_indexed_dataset(self, dataset, indices, chunksize: int = _CHUNK, shuffle_indices: bool = False):
@@ -278,7 +304,7 @@ def _make_writer(path: str, fields: dict, page_size: int, workers: int):
 
             try:
                 self.prepare()  # header, field descriptors, and the shared metadata block
-                allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+                allocator = _PagesInAnyOrder(self.fname, self.data_region_start, self.page_size)
                 worker_args = (workqueue, self.metadata_sm, self.metadata_type, self.fields,
                                allocator, done_number, allocations_queue, *extra_worker_args)
                 processes = [Process(target=work_fn, args=worker_args) for _ in range(self.num_workers)]
