@@ -322,11 +322,14 @@ def make_image_tree(workdir: Path, images: int, classes: int, seed: int, workers
 
 
 def warm_page_cache(path: Path) -> None:
-    """Read a file once so that the side timed next starts from the page cache."""
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(1 << 24)
-        while f.readinto(buf):
-            pass
+    """Read a file, or every file of a tree, once so that the side timed next starts from the
+    page cache."""
+    buf = bytearray(1 << 24)
+    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if file.is_file():
+            with open(file, "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -636,10 +639,11 @@ def main(argv=None) -> int:
                 order = ("ours", "plain") if round_number % 2 == 0 else ("plain", "ours")
                 sides = {}
                 for side in order:
-                    if stage != "prepare":
-                        warm_page_cache(Path(spec["arrays"]) / "database.npy")
+                    warm = Path(spec["tree"]) if stage == "prepare" else Path(spec["arrays"]) / "database.npy"
+                    warm_page_cache(warm)
                     log(f"round {round_number + 1}/{args.rounds}: {stage}, {side} side")
                     sides[side] = run_side(stage, side, spec_path, log_path)
+                    os.sync()  # the next side does not share the disk with this one's write-back
                     log(f"  {side}: {sides[side]['seconds']:.1f} s, peak anonymous memory "
                         f"{sides[side]['peak_rss_anon_bytes'] / 2**20:.0f} MiB")
                 sides["agreement"] = agreement(stage, out_dir, sides["ours"], sides["plain"],
@@ -670,8 +674,8 @@ def main(argv=None) -> int:
                    "seconds: wall time of the timed call only (best of the rounds); ratio: plain seconds / "
                    "package seconds; peak_rss_anon_bytes: peak anonymous memory of the side, sampled every "
                    "20 ms (RssAnon of a lone process, Pss_Anon summed over a process tree); background_cores: "
-                   "CPU other processes took during the call; memory-mapped files read once before each side "
-                   "(page cache warm)"),
+                   "CPU other processes took during the call; the memory map or the image tree read once "
+                   "before each side (page cache warm), sync after each side"),
         "stages": results,
     }
     if args.json:
