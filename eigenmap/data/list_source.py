@@ -35,7 +35,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .sources import SourceError, check_image, load_rgb
+from .sources import SourceError, check_image, decode_image, load_rgb
 
 __all__ = ["ListSpec", "ListSource", "open_list"]
 
@@ -114,6 +114,10 @@ class ListSource:
 
     def check(self, index: int) -> tuple[Optional[str], int, int]:
         return check_image(self.describe(index))
+
+    def read(self, index: int) -> tuple[Optional[str], Optional[np.ndarray]]:
+        """``(None, image)`` or ``(reason, None)``: item ``index`` decoded once (:func:`decode_image`)."""
+        return decode_image(self.describe(index))
 
     def load(self, index: int) -> np.ndarray:
         return load_rgb(self.describe(index))

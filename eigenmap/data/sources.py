@@ -22,6 +22,7 @@ import gzip
 import logging
 import os
 import shutil
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "open_source",
     "load_rgb",
     "check_image",
+    "decode_image",
     "FASHION_MNIST_LABELS",
     "TRAIN_FOLDER_NAMES",
     "VAL_FOLDER_NAMES",
@@ -153,45 +155,58 @@ def load_rgb(path: Union[str, os.PathLike]) -> np.ndarray:
         return _to_rgb_array(img)
 
 
-def check_image(path: Union[str, os.PathLike]) -> tuple[Optional[str], int, int]:
-    """Decide whether a file can go into the dataset, by decoding it fully.
+def decode_image(path: Union[str, os.PathLike]) -> tuple[Optional[str], Optional[np.ndarray]]:
+    """Decode a file once and decide whether it can go into the dataset.
 
     Returns:
-        ``(reason, width, height)``: ``reason`` is None for a good image, else a short
-        human-readable reason (e.g. ``"empty file (0 bytes)"``, ``"truncated or corrupt: ..."``).
+        ``(reason, image)``: ``(None, [H, W, 3] uint8 RGB array)`` for a good image (converted
+        as :func:`load_rgb` does), else ``(short human-readable reason, None)``, e.g.
+        ``"empty file (0 bytes)"``, ``"truncated or corrupt: ..."``.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        size = os.stat(path).st_size  # follows links: a dangling link fails here
+        st = os.stat(path)  # follows links: a dangling link fails here
     except OSError as e:
-        return f"unreadable: {e.strerror or e}", 0, 0
-    if not os.path.isfile(path):
-        return "unreadable: not a regular file", 0, 0
-    if size == 0:
-        return "empty file (0 bytes)", 0, 0
+        return f"unreadable: {e.strerror or e}", None
+    if not stat.S_ISREG(st.st_mode):
+        return "unreadable: not a regular file", None
+    if st.st_size == 0:
+        return "empty file (0 bytes)", None
     try:
         with Image.open(path) as img:
             img.load()
             width, height = img.size
             if width == 0 or height == 0:
-                return f"image has no pixels ({width}x{height})", width, height
-            _to_rgb_array(img)
+                return f"image has no pixels ({width}x{height})", None
+            if max(width, height) > MAX_SIDE_PX:
+                return f"side longer than {MAX_SIDE_PX} px ({width}x{height}); FFCV cannot store it", None
+            return None, _to_rgb_array(img)
     except UnidentifiedImageError:
-        return "not an image (unrecognised format)", 0, 0
+        return "not an image (unrecognised format)", None
     except Image.DecompressionBombError as e:
-        return f"too large to decode safely: {e}", 0, 0
+        return f"too large to decode safely: {e}", None
     except PermissionError as e:
-        return f"unreadable: {e.strerror or e}", 0, 0
+        return f"unreadable: {e.strerror or e}", None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         # PIL reports truncation as OSError("image file is truncated ...") and bad headers as
         # SyntaxError/ValueError; all mean the bytes cannot be trusted.
-        return f"truncated or corrupt: {e}", 0, 0
+        return f"truncated or corrupt: {e}", None
     except MemoryError:
-        return "too large to decode in memory", 0, 0
-    if max(width, height) > MAX_SIDE_PX:
-        return f"side longer than {MAX_SIDE_PX} px ({width}x{height}); FFCV cannot store it", width, height
-    return None, width, height
+        return "too large to decode in memory", None
+
+
+def check_image(path: Union[str, os.PathLike]) -> tuple[Optional[str], int, int]:
+    """Decide whether a file can go into the dataset, by decoding it fully (:func:`decode_image`).
+
+    Returns:
+        ``(reason, width, height)``: ``reason`` is None for a good image, else a short
+        human-readable reason; width and height are 0 for a bad file.
+    """
+    reason, image = decode_image(path)
+    if image is None:
+        return reason, 0, 0
+    return None, image.shape[1], image.shape[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,6 +243,10 @@ class ImageFolderSource:
 
     def check(self, index: int) -> tuple[Optional[str], int, int]:
         return check_image(self.describe(index))
+
+    def read(self, index: int) -> tuple[Optional[str], Optional[np.ndarray]]:
+        """``(None, image)`` or ``(reason, None)``: item ``index`` decoded once (:func:`decode_image`)."""
+        return decode_image(self.describe(index))
 
     def load(self, index: int) -> np.ndarray:
         return load_rgb(self.describe(index))
@@ -338,6 +357,9 @@ class IdxSource:
 
     def check(self, index: int) -> tuple[Optional[str], int, int]:
         return None, self.width, self.height
+
+    def read(self, index: int) -> tuple[Optional[str], Optional[np.ndarray]]:
+        return None, self.load(index)  # fixed-size arrays: nothing can be broken per item
 
     def load(self, index: int) -> np.ndarray:
         grey = np.asarray(self._array()[index])

@@ -20,6 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from eigenmap.progress import Progress
+
+
 __all__ = ["ProbeResult", "Standardiser", "train_probe", "topk_accuracy"]
 
 log = logging.getLogger(__name__)
@@ -157,6 +160,7 @@ def train_probe(train_x: Union[np.ndarray, torch.Tensor, None], train_y: Union[n
     steps_per_epoch = math.ceil(len(train_labels) / batch_size)
     total_steps, step = epochs * steps_per_epoch, 0
     history, best = [], (-1.0, 0)
+    progress = Progress(epochs, "linear probe", unit="epoch", every_seconds=10.0, logger=log)
     for epoch in range(epochs):
         head.train()
         losses = []
@@ -175,6 +179,7 @@ def train_probe(train_x: Union[np.ndarray, torch.Tensor, None], train_y: Union[n
                         "val_top5": top5})
         if top1 > best[0]:
             best = (top1, epoch + 1)
-        log.debug("probe epoch %d: loss %.4f top-1 %.2f", epoch + 1, history[-1]["train_loss"], top1)
+        progress.update(1, f"train loss {history[-1]['train_loss']:.4f}, val top-1 {top1:.2f}")
+    progress.close()
     return ProbeResult(top1=history[-1]["val_top1"], top5=history[-1]["val_top5"], best_top1=best[0],
                        best_epoch=best[1], epochs=epochs, history=history)

@@ -305,3 +305,61 @@ def test_the_new_pair_is_published_together_under_the_folders_lock(imagenette_su
         assert not out.exists() and not Path(str(out) + ".json").exists()  # waits for the lock
     thread.join(timeout=120)
     assert done and beton_problems(out, checksum=True) == [] and read_manifest(out) == done[0]
+
+
+def test_each_file_is_read_and_decoded_once(mixed_source, tmp_path, monkeypatch):
+    """One pass: the writer processes decode each file once (checking it on the way), where a
+    check pass before the write decoded every file twice."""
+    import os
+
+    from PIL import ImageFile
+
+    decodes = tmp_path / "decodes.txt"
+    load = ImageFile.ImageFile.load
+
+    def counting_load(self):
+        if self.tile:  # not yet decoded: this call decodes (later calls return the pixels)
+            with open(decodes, "a") as f:  # appends from the forked writer processes too
+                f.write(f"{os.path.basename(self.filename)}\n")
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    manifest = write_beton(mixed_source, tmp_path / "once.beton", workers=2)
+    names = decodes.read_text().split()
+    files = [p for cls in sorted(mixed_source.iterdir()) if cls.is_dir() for p in sorted(cls.iterdir())]
+    decodable = {p.name for p in files if p.name not in {"empty.JPEG", "notes.JPEG", "dangling.jpg"}}
+    assert set(names) == decodable  # every file that has pixels to decode was decoded...
+    assert len(names) == len(decodable), sorted(n for n in set(names) if names.count(n) > 1)[:5]  # ...once
+    assert manifest["num_images"] == len(decodable) - 2  # the truncated and the corrupt JPEG are listed
+
+
+def test_bad_files_leave_no_hole_the_file_numbers_the_good_images_in_order(mixed_written):
+    from ffcv.reader import Reader
+
+    from eigenmap.data.beton_check import beton_problems
+
+    out, manifest = mixed_written
+    reader = Reader(str(out))
+    assert reader.num_samples == manifest["num_images"]
+    ids = reader.alloc_table["sample_id"]
+    assert ids.tolist() == list(range(manifest["num_images"]))  # one allocation per image, in order
+    assert list(np.bincount(reader.metadata["f1"], minlength=len(manifest["classes"]))) == list(
+        manifest["counts"].values())
+    assert (reader.metadata["f0"]["width"] > 0).all()  # no empty metadata row was left in the file
+    assert beton_problems(out, checksum=True) == []
+
+
+def test_an_image_larger_than_the_first_page_is_written_with_larger_pages(tmp_path, read_stored, caplog):
+    from PIL import Image
+
+    src = tmp_path / "src" / "cls"
+    src.mkdir(parents=True)
+    big = np.random.default_rng(0).integers(0, 256, size=(1000, 1100, 3), dtype=np.uint8)  # 3.3 MB raw
+    Image.fromarray(big).save(src / "big.png")
+    Image.fromarray(big[:40, :50]).save(src / "small.png")
+    with caplog.at_level("WARNING", logger="eigenmap.data.writer"):
+        manifest = write_beton(tmp_path / "src", tmp_path / "big.beton", write_mode="raw", workers=1)
+    assert manifest["num_images"] == 2 and manifest["skipped"] == []
+    stored = read_stored(tmp_path / "big.beton")
+    assert np.array_equal(stored[0][0], big) and np.array_equal(stored[1][0], big[:40, :50])
+    assert "do not fit 2 MiB FFCV pages" in caplog.text and "big.png" in caplog.text

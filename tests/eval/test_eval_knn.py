@@ -112,3 +112,119 @@ def test_nan_in_a_later_database_block_is_named_with_its_rows():
     x[7, 1] = np.inf
     with pytest.raises(ValueError, match=r"NaN or inf \(rows 6-8\)"):
         knn_predict(x, np.zeros(10), x[:2], ks=[1], chunk_size=2, memory_budget_bytes=4 * (2 + 2) * 3)
+
+
+def _plain_faiss_vote(train_x, train_y, test_x, ks, temperature, num_classes, block_rows):
+    """A plain blocked FAISS top-k (faiss.knn per block, ResultHeap merge) and the same vote."""
+    import faiss
+
+    xq = np.array(test_x, dtype=np.float32)
+    faiss.normalize_L2(xq)
+    heap = faiss.ResultHeap(len(xq), max(ks), keep_max=True)
+    for b0 in range(0, len(train_x), block_rows):
+        xb = np.array(train_x[b0:b0 + block_rows], dtype=np.float32)
+        faiss.normalize_L2(xb)
+        D, I = faiss.knn(xq, xb, min(max(ks), len(xb)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(D, I + b0)
+    heap.finalize()
+    out = {}
+    for k in ks:
+        votes = np.zeros((len(xq), num_classes))
+        np.add.at(votes, (np.arange(len(xq))[:, None], train_y[heap.I[:, :k]]), np.exp(heap.D[:, :k] / temperature))
+        out[k] = votes.argmax(axis=1)
+    return out
+
+
+def _brute_force_vote(train_x, train_y, test_x, ks, temperature, num_classes):
+    """Every similarity in float64, a full sort, the vote: vectorised, for larger seeded sets."""
+    xb = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    xq = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
+    sims = xq.astype(np.float64) @ xb.astype(np.float64).T
+    order = np.argsort(-sims, axis=1, kind="stable")
+    out = {}
+    for k in ks:
+        nearest = order[:, :k]
+        votes = np.zeros((len(xq), num_classes))
+        np.add.at(votes, (np.arange(len(xq))[:, None], train_y[nearest]),
+                  np.exp(np.take_along_axis(sims, nearest, axis=1) / temperature))
+        out[k] = votes.argmax(axis=1)
+    return out
+
+
+def test_knn_over_many_blocks_predicts_as_a_brute_force_vote_and_a_plain_faiss_search(tmp_path):
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(12, 48))
+    train_y = rng.integers(0, 12, size=5000)
+    np.save(tmp_path / "train.npy", (centres[train_y] + rng.normal(scale=2.5, size=(5000, 48))).astype(np.float32))
+    train_x = np.load(tmp_path / "train.npy", mmap_mode="r")
+    test_y = rng.integers(0, 12, size=300)
+    test_x = (centres[test_y] + rng.normal(scale=2.5, size=(300, 48))).astype(np.float32)
+    ks = [1, 20, 200]
+    budget = 4 * (48 + 300) * 700  # 700 rows per block: 8 blocks, the last one short
+    preds = knn_predict(train_x, train_y, test_x, ks=ks, temperature=0.07, num_classes=12, chunk_size=300,
+                        memory_budget_bytes=budget)
+    brute = _brute_force_vote(np.asarray(train_x), train_y, test_x, ks, 0.07, 12)
+    plain = _plain_faiss_vote(train_x, train_y, test_x, ks, 0.07, 12, block_rows=1000)
+    for k in ks:
+        assert np.array_equal(preds[k].numpy(), brute[k]), k
+        assert np.array_equal(preds[k].numpy(), plain[k]), k
+    assert 30 < 100 * np.mean(preds[20].numpy() == test_y) < 100  # neither trivial nor hopeless
+
+
+def _rss_anon_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+
+def test_knn_memory_stays_within_its_budget_plus_the_stated_overhead(tmp_path):
+    """One block at a time, read into one reused buffer: the anonymous memory the search adds
+    stays below the budget plus FIXED_OVERHEAD_BYTES plus what grows with the queries (the old
+    search held the block three times over, and its [chunk, rows] scores, at once)."""
+    import threading
+
+    from eigenmap.eval.knn import FIXED_OVERHEAD_BYTES
+
+    rows, dim, queries, k = 200_000, 128, 256, 20
+    database = np.lib.format.open_memmap(tmp_path / "db.npy", mode="w+", dtype=np.float32, shape=(rows, dim))
+    rng = np.random.default_rng(0)
+    for i0 in range(0, rows, 50_000):
+        database[i0:i0 + 50_000] = rng.standard_normal((50_000, dim), dtype=np.float32)
+    database.flush()
+    database = np.load(tmp_path / "db.npy", mmap_mode="r")
+    labels = rng.integers(0, 10, rows)
+    test_x = rng.standard_normal((queries, dim), dtype=np.float32)
+    budget = 48 << 20
+    grows_with_queries = queries * dim * 4 + queries * k * 24 + rows * 8
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_anon_bytes())
+            done.wait(0.001)
+
+    knn_predict(database[:1000], labels[:1000], test_x, ks=[k], chunk_size=queries)  # libraries warmed up
+    before = _rss_anon_bytes()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        knn_predict(database, labels, test_x, ks=[k], chunk_size=queries, memory_budget_bytes=budget)
+    finally:
+        done.set()
+        sampler.join()
+    assert peak[0] - before <= budget + FIXED_OVERHEAD_BYTES + grows_with_queries, (peak[0] - before) / 2**20
+
+
+def test_knn_report_scores_each_named_pair_alike(caplog):
+    from eigenmap.eval.knn import knn_report
+
+    rng = np.random.default_rng(3)
+    train_y, test_y = rng.integers(0, 3, 90), rng.integers(0, 3, 30)
+    train = {"features": rng.normal(size=(90, 6)), "codes": rng.normal(size=(90, 4))}
+    test = {"features": rng.normal(size=(30, 6)), "codes": rng.normal(size=(30, 4))}
+    report = knn_report(train, train_y, test, test_y, ks=(5, 200), num_classes=3, memory_budget_bytes=1 << 20)
+    assert report["ks"] == [5, 200] and report["memory_budget_bytes"] == 1 << 20 and report["device"] == "cpu"
+    for name in ("features", "codes"):
+        expected = knn_top1(train[name], train_y, test[name], test_y, ks=(5, 200), num_classes=3)
+        assert report["top1"][name] == {str(k): v for k, v in expected.items()} and report["seconds"][name] > 0
+    with pytest.raises(ValueError, match=r"same arrays of both sets; got \['codes', 'features'\] and \['codes'\]"):
+        knn_report(train, train_y, {"codes": test["codes"]}, test_y)

@@ -22,7 +22,11 @@ from eigenmap.losses import build_loss
 
 WORLD = 2
 BATCH, D, K = 16, 10, 6
-LOSSES = ("neuralef", "simclr", "barlow_twins", "spectral_contrastive")
+# each objective's keys beside its name (Matryoshka: NT-Xent on every prefix of the global batch)
+LOSSES = {"neuralef": {"stop_grad": True}, "simclr": {}, "barlow_twins": {}, "spectral_contrastive": {},
+          "matryoshka": {"name": "matryoshka", "temperature": 0.2, "matryoshka_lengths": (2, 4, 6)},
+          "matryoshka_weighted": {"name": "matryoshka", "temperature": 0.2, "matryoshka_lengths": (2, 5, 6),
+                                  "matryoshka_weights": (2.0, 0.5, 1.0)}}
 
 
 def _problem():
@@ -34,8 +38,7 @@ def _problem():
 
 
 def _run(name: str, x1: torch.Tensor, x2: torch.Tensor, w0: torch.Tensor, gather: bool) -> dict:
-    stop_grad = name == "neuralef"
-    cfg = LossConfig(name=name, alpha=0.1, stop_grad=stop_grad, gather_distributed=gather)
+    cfg = LossConfig(**{"name": name, "alpha": 0.1, **LOSSES[name]}, gather_distributed=gather)
     objective = build_loss(cfg, K).double()
     w = w0.clone().requires_grad_()
     x1, x2 = x1.clone().requires_grad_(), x2.clone().requires_grad_()
@@ -96,3 +99,13 @@ def test_gradients_are_not_scaled_by_world_size(distributed_results):
     single = _run("neuralef", x1, x2, w, gather=False)
     ratio = distributed_results[0]["neuralef"]["grad_w"].norm() / single["grad_w"].norm()
     assert abs(ratio.item() - 1.0) < 1e-9
+
+
+@pytest.mark.multiprocess
+def test_matryoshka_sees_the_other_workers_negatives(distributed_results):
+    # a per-worker loss (no gather) averaged over workers is another number: the gather is what matches
+    x1, x2, w = _problem()
+    half = BATCH // WORLD
+    local = sum(_run("matryoshka", x1[r * half:(r + 1) * half], x2[r * half:(r + 1) * half], w, gather=False)["total"]
+                for r in range(WORLD)) / WORLD
+    assert abs(local.item() - distributed_results[0]["matryoshka"]["total"].item()) > 1e-3
