@@ -108,7 +108,7 @@ def run_findings(*, spearman: Optional[float], eigenfunctions: bool, retrieval: 
         spearman: rank correlation of output index and eigenvalue estimate (None: unknown).
         eigenfunctions: whether the objective has eigenvalue estimates at all (NeuralEF).
         retrieval: the codes' :func:`retrieval.run_benchmark` results (``retrieval.json``), or None.
-        probe: ``eval/probe.json`` (``eigenmap probe``), or None.
+        probe: the newest ``eval/probe/<train>--<val>/probe.json`` (``eigenmap probe``), or None.
         num_classes: classes of the evaluation sets, for the chance top-1 (None: from ``probe``).
     """
     if spearman is not None and not np.isfinite(spearman):

@@ -273,7 +273,7 @@ def results_markdown(results: dict, command: str) -> str:
     lines = [
         "# Representation quality: NeuralEF against the baselines",
         "",
-        f"`{results['data']}` ({results['train_images']} training and {results['val_images']} validation images), "
+        f"`{Path(results['data']).name}` ({results['train_images']} training and {results['val_images']} validation images), "
         f"ResNet-18 at 64 px, k = {k} outputs, global batch 256, {results['epochs']} epochs, the same recipe for "
         "every method (`tools/bench_quality.py`: LARS, base lr 0.3 per 256, 2 warm-up epochs, cosine; the paper's "
         f"augmentations), trained on {results.get('machine', 'the CPU')}. Each method's own settings: "
