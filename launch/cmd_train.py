@@ -27,6 +27,7 @@ from eigenmap.train.exit_codes import exit_code
 from eigenmap.train.preempt import INTERRUPTED
 from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP
 from eigenmap.train.run_start import OUTSIDE_TRAINING, REFUSALS, command_line, report_end, starting_run
+from eigenmap.train.schedule import plural
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=1))
-    details = (f"run dir {cfg.train.run_dir}, {summary['attempts']} worker-group start(s), "
+    details = (f"run dir {cfg.train.run_dir}, {plural(summary['attempts'], 'worker-group start')}, "
                f"{summary['wall_seconds']:.1f} s" if "attempts" in summary else "")
     return report_end("eigenmap train", summary, run_dir=cfg.train.run_dir if cfg else None,
                       rerun=_rerun_command(args), details=details)

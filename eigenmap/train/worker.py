@@ -51,7 +51,7 @@ from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP, reposition
 from eigenmap.train.run_logger import RunLogger
 from eigenmap.train.run_start import (ABORTED, REFUSALS, command_line, report_end, start_sentence,
                                       starting_run)
-from eigenmap.train.schedule import StepPlan
+from eigenmap.train.schedule import StepPlan, plural
 from eigenmap.train.step import train_step
 
 __all__ = ["train", "build_loader", "build_augment", "main"]
@@ -299,7 +299,7 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
             raise RuntimeError(f"the loader yielded no batch for epoch {state.epoch + 1} from step "
                                f"{state.step_in_epoch} of {plan.steps_per_epoch} while "
                                f"{plan.total_steps - state.step} steps remain")
-    return _summary("finished", state, plan, metrics, f"finished {state.step} steps")
+    return _summary("finished", state, plan, metrics, f"all {plural(state.step, 'step')} of the plan trained")
 
 
 def _summary(status: str, state: TrainerState, plan: StepPlan, metrics: dict, message: str) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def test_a_stop_without_a_checkpoint_says_a_rerun_starts_at_step_0(tmp_path, cap
 
 
 def test_a_finished_run_is_reported_on_stdout_and_an_unknown_outcome_is_a_failure(tmp_path, capsys):
-    assert report_end("eigenmap train", {"status": "finished", "message": "finished 8 steps"}, run_dir=tmp_path,
+    assert report_end("eigenmap train", {"status": "finished", "message": "all 8 steps of the plan trained"}, run_dir=tmp_path,
                       rerun="x", details="run dir r") == 0
-    assert capsys.readouterr().out == "eigenmap train: finished: finished 8 steps (run dir r)\n"
+    assert capsys.readouterr().out == "eigenmap train: finished: all 8 steps of the plan trained (run dir r)\n"
     assert report_end("eigenmap train", {"status": "exploded"}, run_dir=tmp_path, rerun="x") == EXIT_CODES["failed"]
