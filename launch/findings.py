@@ -162,7 +162,7 @@ def _retrieval_lines(r: dict) -> list[str]:
     R, k = r["R"], r["code_length"]
     chance = r["chance"]
     full = f"**Retrieval:** mAP@{R} of the full {k}-dimensional codes {r['full_length_map']:.3f}"
-    full += (f", against {chance['map']:.3f} by chance (a random ranking: the class prior)." if chance else
+    full += (f", against {chance['map']:.3f} by chance (the expected mAP@{R} of a random ranking)." if chance else
              " (no chance level recorded).")
     lines = [full, ""]
     compared = [row for row in r["lengths"] if "vs_random_subset" in row]
