@@ -274,9 +274,9 @@ def write_run_report(run_dir: Path) -> Path:
     """Write ``RUN/report/report.md`` with its PNGs, and ``RUN/report/report.json`` (the findings
     as numbers), from the run directory's files; returns the markdown's path."""
     run_dir = Path(run_dir).resolve()
-    report = RunDir(run_dir).report
-    report.mkdir(parents=True, exist_ok=True)
     run = RunDir(run_dir)
+    report = run.report
+    report.mkdir(parents=True, exist_ok=True)
     cfg = load_config(run.config)
     rows = run.read_metrics()
     status = run.read_status()
