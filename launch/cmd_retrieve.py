@@ -53,6 +53,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-baselines", action="store_true", help="skip the random-subset and PCA baselines")
     p.add_argument("--no-funnel", action="store_true", help="skip the adaptive funnel")
     p.add_argument("--repeats", type=int_at_least("--repeats", 1), default=3, help="timed rounds per length (default 3)")
+    p.add_argument("--timing-queries", type=int_at_least("--timing-queries", 0), default=1000, metavar="N",
+                   help="the timed rounds search a seeded sample of N queries (default 1000; 0: every query); "
+                        "quality is always scored on every query")
     p.add_argument("--memory-budget", type=memory_size("--memory-budget"), default="4GiB", metavar="SIZE",
                    help="database-sized buffers held at once (indexes, chunks read), e.g. 4GiB, 512MiB, 8GB "
                         "(default 4GiB); peak memory is this plus a fixed overhead")
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             dims=args.dims, R=args.R, name=array, seed=loaded.config.train.seed if loaded is not None else 0,
             search=retrieval.SearchSettings(index=args.index, backend=args.backend,
                                             memory_budget_bytes=args.memory_budget),
-            timing=retrieval.TimingSettings(repeats=args.repeats),
+            timing=retrieval.TimingSettings(repeats=args.repeats, query_sample=args.timing_queries or None),
             baselines=None if args.no_baselines else retrieval.BaselineSettings(),
             funnel=None if args.no_funnel else retrieval.FunnelSettings())
     except (RunDirError, ValueError) as e:

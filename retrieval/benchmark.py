@@ -24,8 +24,9 @@ from .sweep import Measured, run_sweep
 logger = logging.getLogger(__name__)
 
 TIMING_METHOD = (
-    "queries/s = number of queries / wall seconds of one search of all queries in one batch "
-    "(query prefix and normalisation included; the database prefix, normalisation and index are "
+    "queries/s = number of timed queries / wall seconds of one search of them in one batch (the timed "
+    "queries: every query, or a seeded sample of them, as timing.queries says; quality is scored on every "
+    "query; query prefix and normalisation included; the database prefix, normalisation and index are "
     "built untimed, as a deployed index would be); one warm-up round, then the timed rounds, each "
     "searching every length in turn (the funnel last); q/s is the best round, qps_median the median; "
     "speedup = q/s over the reference length's q/s; speedup_median and speedup_range are over the "
@@ -79,7 +80,8 @@ def run_benchmark(
         timing: timed rounds and the shared-machine guards (:class:`TimingSettings`).
         funnel: the adaptive funnel's settings (:class:`FunnelSettings`); None: no funnel.
         baselines: random subsets and PCA (:class:`BaselineSettings`); None: no baselines.
-        seed: seed of the random subsets, the baseline query sample, the PCA sample and IVF training.
+        seed: seed of the random subsets, the baseline and timing query samples, the PCA sample and
+            IVF training.
         name: what the arrays are ("codes", "features"), for the report.
 
     Returns:
@@ -89,7 +91,8 @@ def run_benchmark(
         - ``sizes``: ``database``, ``queries``, ``code_length``, ``database_dtype``;
         - ``search``: ``backend``, ``device``, ``index_kind``, ``index`` (FAISS class or torch),
           parameters, ``threads`` -- of the reference (longest) length's index;
-        - ``timing``: ``method``, ``repeats``, ``busy_retries``, ``quiet_wait_seconds``,
+        - ``timing``: ``method``, ``repeats``, ``busy_retries``, ``quiet_wait_seconds``, ``queries``
+          (searched in each timed round) and ``query_sample`` (which, in words),
           ``interleaved`` (every index held; else rebuilt in every round, rounds still
           interleaved), ``rounds`` (in words), ``background_cpu`` (``median``, ``max`` over the
           timed searches of the CPU share other processes took, or None);
@@ -141,7 +144,7 @@ def run_benchmark(
                        int((relevant == 0).sum()), nq)
     plan = make_plan(n=n, nq=nq, k=k, R=R, lengths=lengths, kind=search.index, options=dict(search.index_options),
                      budget=search.memory_budget_bytes, repeats=timing.repeats, funnel=funnel_dims,
-                     baselines=baselines, seed=seed)
+                     baselines=baselines, seed=seed, timing_sample=timing.query_sample)
     plan.seconds_per_unit = probe_rate(database, queries, lambda rows: build_index(rows, **{**options, "index": "flat"}),
                                        k)
     for line in plan.describe().splitlines():  # one record per line: each carries the log's prefix
@@ -165,7 +168,8 @@ def run_benchmark(
                              {m: measured[m].per_query for m in plan.baseline_dims}, progress, seed) if baselines else {}
     finished = time.perf_counter()
     reference = measured[lengths[-1]]
-    records = [_length_record(m, measured[m], reference, compared.get(m), nq) for m in lengths]
+    timed = plan.timing_queries
+    records = [_length_record(m, measured[m], reference, compared.get(m), timed) for m in lengths]
     sixteenth = next((rec for rec in records if k % 16 == 0 and rec["dim"] == k // 16), None)
     background = [b for rec in records for b in rec["background_cpu"] if b is not None]
     plan_record = plan.as_dict()
@@ -183,7 +187,10 @@ def run_benchmark(
                      "funnel": settings_dict(funnel), "baselines": settings_dict(baselines)},
         "sizes": {"database": n, "queries": nq, "code_length": k, "database_dtype": str(np.dtype(database.dtype))},
         "search": {**reference.info, "threads": _threads(chosen.name)},
-        "timing": {"method": TIMING_METHOD, **timing.as_dict(), "interleaved": plan.held,
+        "timing": {"method": TIMING_METHOD, **timing.as_dict(), "queries": timed,
+                   "query_sample": ("all queries" if plan.timing_query_ids is None else
+                                    f"a seeded sample of {timed} of the {nq} queries (seed {seed})"),
+                   "interleaved": plan.held,
                    "rounds": ("every length's index held; each round searches every length in turn" if plan.held else
                               "each length rebuilt before its search and freed after it, in every round (the "
                               "indexes do not fit the memory budget together); each round searches every "
@@ -198,7 +205,7 @@ def run_benchmark(
         "speedup_at_1_16": None if sixteenth is None else {
             "median": sixteenth["speedup_median"], "min": sixteenth["speedup_range"][0],
             "max": sixteenth["speedup_range"][1]},
-        "funnel": None if funnel_measured is None else _funnel_record(funnel_measured, reference, records[-1], nq),
+        "funnel": None if funnel_measured is None else _funnel_record(funnel_measured, reference, records[-1], timed),
         "baselines": None if baselines is None else {
             "random_draws": plan.random_draws, "pca": plan.pca, "pca_fit_rows": plan.pca_fit_rows,
             "dims": plan.baseline_dims,
@@ -211,7 +218,8 @@ def run_benchmark(
 
 
 def _speed(timing: dict, reference: dict, nq: int) -> dict:
-    """q/s and speed-ups of one timed run against the reference length's run of the same rounds."""
+    """q/s (``nq``: queries of each timed search) and speed-ups of one timed run against the
+    reference length's run of the same rounds."""
     ratios = [ref / own for ref, own in zip(reference["seconds"], timing["seconds"])]
     return {"qps": nq / timing["best_seconds"], "qps_median": nq / timing["median_seconds"],
             "speedup": reference["best_seconds"] / timing["best_seconds"],

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import faiss
 import numpy as np
 
-from .arrays import as_float32_rows, rows_for_budget, row_chunks, sort_neighbours, take_rows, work_rows
+from .arrays import as_float32_rows, read_rows, rows_for_budget, row_chunks, sort_neighbours, take_rows, work_rows
 from .backend import Backend, resolve_backend
 from .checks import check_codes, check_positive_int, check_R, check_same_width
 
@@ -141,8 +141,11 @@ class FaissFlatIndex(SearchIndex):
             if self.in_memory:
                 return self._search_rows(xq, self.rows_array, R)
             heap = faiss.ResultHeap(len(xq), R, keep_max=True)
+            # one chunk buffer, refilled: a chunk read while the previous one is still referenced
+            # (or a view transforming a whole chunk at once) held two or three chunks at a time
+            buffer = np.empty((self.chunk_rows, self.dim), dtype=np.float32)
             for i0, i1 in row_chunks(self.ntotal, self.chunk_rows):
-                rows = np.ascontiguousarray(self.database[i0:i1], dtype=np.float32)
+                rows = read_rows(self.database, i0, i1, out=buffer)
                 if self.index is not None:  # on the GPUs: this chunk is the index's content for one search
                     self.index.add(rows)
                 D, I = self._search_rows(xq, rows, min(R, i1 - i0))

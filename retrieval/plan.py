@@ -6,11 +6,15 @@ should cost.
   Otherwise each length is built, searched and freed in every round, so the rounds stay
   interleaved and each length's speed-up is still paired per round with the reference length's
   (a flat index larger than the budget streams the database at each search).
+- **Timed rounds.** Round 0 searches every query (its results are scored); the timed rounds
+  search a seeded sample of them (``TimingSettings.query_sample``), so timing costs a fraction
+  of the scoring on a large query set.
 - **Baselines.** By default (``dims="auto"``) they run on a seeded sample of the queries, at the
-  lengths, from the shortest up, whose planned work stays within ``cost_ratio`` times the
-  sweep's (the lengths' searches over all rounds, their builds, the funnel), or within
+  lengths, from the shortest up, while the whole benchmark's planned work stays within
+  ``cost_ratio`` times a *plain sweep*'s (every query searched once at every length, each index
+  built once: what a script calling FAISS per length does), or while the baselines stay within
   ``BASELINE_FLOOR_UNITS`` when that is more (small runs); the PCA is fitted on fewer rows when
-  the bound asks for it (a quarter of it at most).
+  the bound asks for it (a quarter of the baselines' share at most).
 - **Estimated time.** The planned work times a rate measured by a short probe search.
 
 The cost model counts work in units of one multiply-add of a query with a database row in one
@@ -53,9 +57,9 @@ PROJECT_UNITS = 1.0
 FLOAT64_FACTOR = 2
 EIGH_UNITS = 15
 RERANK_UNITS = 50
-# the baselines may always take this much planned work (about half a minute at the 3e-11 s per
+# the baselines may always take this much planned work (under a minute at the 1.3e-11 s per
 # unit of a 2-core machine), whatever the ratio: the bound is for large runs, not small ones
-BASELINE_FLOOR_UNITS = 1e12
+BASELINE_FLOOR_UNITS = 4e12
 # the PCA fit's sample is not cut below this many rows per dimension for the cost bound
 MIN_PCA_ROWS_PER_DIM = 10
 # the probe search: at most this many queries against this many rows, at the full length
@@ -100,7 +104,8 @@ class Plan:
     Attributes:
         n, nq, k, R: database rows, queries, code length, neighbours.
         lengths: code lengths swept (the last is the reference of the speed-ups).
-        rounds: 1 warm-up round (its results are scored) + the timed rounds.
+        rounds: 1 warm-up round (its results, on every query, are scored) + the timed rounds.
+        timing_query_ids: sorted ids of the queries the timed rounds search (None: all).
         held: every length's index built once and held (else rebuilt in every round).
         held_bytes: what the held indexes take (0 when rebuilt).
         funnel: None or (short_dim, rerank_dim, shortlist_size).
@@ -126,6 +131,7 @@ class Plan:
     budget: int
     funnel: tuple[int, int, int] | None
     baselines: bool
+    timing_query_ids: np.ndarray | None = None
     baseline_dims: list[int] = field(default_factory=list)
     baseline_query_ids: np.ndarray | None = None
     pca: bool = True
@@ -138,16 +144,26 @@ class Plan:
     def baseline_queries(self) -> int:
         return self.nq if self.baseline_query_ids is None else len(self.baseline_query_ids)
 
+    @property
+    def timing_queries(self) -> int:
+        return self.nq if self.timing_query_ids is None else len(self.timing_query_ids)
+
+    def round_queries(self, round_index: int) -> int:
+        """Queries searched in round ``round_index`` (0: every one, scored; later: the timed ones)."""
+        return self.nq if round_index == 0 else self.timing_queries
+
     # the planned units of each piece of work, as run_benchmark counts them off
     def length_units(self, m: int, round_index: int) -> float:
         built = round_index == 0 or not self.held
-        return search_units(self.kind, self.n, m, self.nq, self.options) + (build_units(self.n, m) if built else 0.0)
+        return (search_units(self.kind, self.n, m, self.round_queries(round_index), self.options)
+                + (build_units(self.n, m) if built else 0.0))
 
     def funnel_units(self, round_index: int) -> float:
         if self.funnel is None:
             return 0.0
         short, rerank, shortlist = self.funnel
-        units = search_units(self.kind, self.n, short, self.nq, self.options) + RERANK_UNITS * self.nq * shortlist * rerank
+        q = self.round_queries(round_index)
+        units = search_units(self.kind, self.n, short, q, self.options) + RERANK_UNITS * q * shortlist * rerank
         if round_index == 0 or not self.held:
             units += build_units(self.n, short) + (0 if self.held else build_units(self.n, rerank))
         return units
@@ -179,6 +195,11 @@ class Plan:
     def total_units(self) -> float:
         return self.sweep_units() + self.baseline_units()
 
+    def plain_units(self) -> float:
+        """A plain sweep's planned work: every query searched once at every length, each index built once."""
+        return sum(search_units(self.kind, self.n, m, self.nq, self.options) + build_units(self.n, m)
+                   for m in self.lengths)
+
     def estimated_seconds(self) -> dict | None:
         """``{"sweep", "baselines", "total"}`` seconds at the probe's rate (None without a probe)."""
         if self.seconds_per_unit is None:
@@ -192,15 +213,21 @@ class Plan:
                 "funnel": list(self.funnel) if self.funnel else None, "baseline_dims": self.baseline_dims,
                 "baseline_queries": self.baseline_queries if self.baselines else 0,
                 "pca": self.pca, "pca_fit_rows": self.pca_fit_rows, "baseline_choice": self.baseline_choice,
-                "units": {"sweep": self.sweep_units(), "baselines": self.baseline_units()},
+                "timing_queries": self.timing_queries,
+                "units": {"sweep": self.sweep_units(), "baselines": self.baseline_units(),
+                          "plain_sweep": self.plain_units()},
                 "baseline_to_sweep_units": self.baseline_units() / self.sweep_units(),
+                "total_to_plain_sweep_units": self.total_units() / self.plain_units(),
                 "seconds_per_unit": self.seconds_per_unit, "estimated_seconds": self.estimated_seconds()}
 
     def describe(self) -> str:
         """The plan in words, for the log line before the work starts."""
         gib = 1 << 30
+        timed = ("every query" if self.timing_query_ids is None else
+                 f"a seeded sample of {self.timing_queries} of the {self.nq} queries")
         lines = [f"retrieval plan: database {self.n} x {self.k}, {self.nq} queries, R = {self.R}, {self.kind} index",
-                 f"  lengths {', '.join(map(str, self.lengths))}; 1 warm-up + {self.rounds - 1} timed rounds, "
+                 f"  lengths {', '.join(map(str, self.lengths))}; 1 scored round on every query + "
+                 f"{self.rounds - 1} timed rounds on {timed}, "
                  + (f"every index held ({self.held_bytes / gib:.2f} GiB of the {self.budget / gib:.2f} GiB budget)"
                     if self.held else
                     f"each length rebuilt in every round (the indexes do not fit the "
@@ -219,10 +246,11 @@ class Plan:
                          f"at lengths {', '.join(map(str, self.baseline_dims))}, on {self.baseline_queries} of "
                          f"{self.nq} queries ({self.baseline_choice})")
         est = self.estimated_seconds()
-        ratio = self.baseline_units() / self.sweep_units()
+        ratio = self.total_units() / self.plain_units()
         if est is not None:
             lines.append(f"  estimated time: {_minutes(est['total'])} (sweep {_minutes(est['sweep'])}, baselines "
-                         f"{_minutes(est['baselines'])} = {ratio:.2f}x the sweep's planned work)")
+                         f"{_minutes(est['baselines'])}; all of it {ratio:.2f}x the planned work of a plain sweep, "
+                         f"{_minutes(self.plain_units() * self.seconds_per_unit)})")
         return "\n".join(lines)
 
 
@@ -231,10 +259,12 @@ def _minutes(seconds: float) -> str:
 
 
 def make_plan(*, n: int, nq: int, k: int, R: int, lengths: list[int], kind: str, options: dict, budget: int,
-              repeats: int, funnel: tuple[int, int, int | None] | None, baselines, seed: int) -> Plan:
+              repeats: int, funnel: tuple[int, int, int | None] | None, baselines, seed: int,
+              timing_sample: int | None = None) -> Plan:
     """The :class:`Plan` of one run.
 
     Args:
+        timing_sample: queries the timed rounds search (a seeded sample; None: every query).
         funnel: (short_dim, rerank_dim, shortlist_size or None for 2 R), or None.
         baselines: a :class:`~retrieval.settings.BaselineSettings` or None.
     """
@@ -246,6 +276,8 @@ def make_plan(*, n: int, nq: int, k: int, R: int, lengths: list[int], kind: str,
     plan = Plan(n=n, nq=nq, k=k, R=R, kind=kind, options=options, lengths=lengths, rounds=1 + repeats, held=held,
                 held_bytes=sum(sizes.values()) + funnel_extra if held else 0, budget=budget, funnel=funnel,
                 baselines=baselines is not None)
+    if timing_sample is not None and timing_sample < nq:
+        plan.timing_query_ids = _sample(nq, timing_sample, seed, 2)
     if baselines is not None:
         _plan_baselines(plan, baselines, seed)
     return plan
@@ -255,7 +287,7 @@ def _plan_baselines(plan: Plan, settings, seed: int) -> None:
     plan.random_draws = settings.random_draws
     sample = settings.query_sample
     if sample is not None and sample < plan.nq:
-        plan.baseline_query_ids = np.sort(np.random.default_rng([seed, 1]).choice(plan.nq, sample, replace=False))
+        plan.baseline_query_ids = _sample(plan.nq, sample, seed, 1)
     queries = ("every query" if plan.baseline_query_ids is None else
                f"a seeded sample of {plan.baseline_queries} of the {plan.nq} queries")
     fit_cap = plan.n if settings.pca_fit_rows is None else min(plan.n, settings.pca_fit_rows)
@@ -270,7 +302,7 @@ def _plan_baselines(plan: Plan, settings, seed: int) -> None:
         plan.baseline_choice = f"lengths as asked ({settings.dims if isinstance(settings.dims, str) else 'given'}), " \
                                f"{queries}"
         return
-    allowance = max(settings.cost_ratio * plan.sweep_units(), BASELINE_FLOOR_UNITS)
+    allowance = max(settings.cost_ratio * plan.plain_units() - plan.sweep_units(), BASELINE_FLOOR_UNITS)
     # the fit may take a quarter of the allowance, keeping MIN_PCA_ROWS_PER_DIM rows per dimension;
     # when even that fit (its k x k eigendecomposition) exceeds half of it, PCA is left out
     floor = min(fit_cap, MIN_PCA_ROWS_PER_DIM * plan.k)
@@ -287,9 +319,14 @@ def _plan_baselines(plan: Plan, settings, seed: int) -> None:
         spent += cost
     pca = ("" if plan.pca_fit_rows == fit_cap else f", the PCA fitted on {plan.pca_fit_rows} of up to {fit_cap} rows"
            ) if plan.pca else ", PCA left out (its fit alone would take over half of that)"
-    plan.baseline_choice = (f"auto: the lengths from the shortest whose planned work stays within "
-                            f"{settings.cost_ratio:g}x the sweep's (or {BASELINE_FLOOR_UNITS:.0e} units, whichever "
-                            f"is more){pca}, {queries}")
+    plan.baseline_choice = (f"auto: the lengths from the shortest while the whole benchmark's planned work stays "
+                            f"within {settings.cost_ratio:g}x a plain sweep's (or the baselines within "
+                            f"{BASELINE_FLOOR_UNITS:.0e} units, whichever is more){pca}, {queries}")
+
+
+def _sample(count: int, size: int, seed: int, stream: int) -> np.ndarray:
+    """Sorted ids of a seeded sample of ``size`` of ``count`` (stream 1: baselines, 2: timing)."""
+    return np.sort(np.random.default_rng([seed, stream]).choice(count, size, replace=False))
 
 
 def probe_rate(database, queries, build, k: int) -> float:

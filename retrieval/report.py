@@ -60,6 +60,20 @@ def _inputs(inputs: dict) -> list[str]:
     return lines + [""]
 
 
+def _work(results: dict) -> list[str]:
+    """The run's wall time against the estimate it started with (from the plan)."""
+    plan = results.get("plan") or {}
+    wall, est = plan.get("wall_seconds"), plan.get("estimated_seconds")
+    if not wall:
+        return []
+    text = (f"Work: {wall['total']:.0f} s wall (sweep {wall['sweep']:.0f} s, baselines {wall['baselines']:.0f} s)")
+    if est:
+        text += (f"; estimated before the start: {est['total']:.0f} s, "
+                 f"{plan['total_to_plain_sweep_units']:.2f}x the planned work of a plain sweep "
+                 "(every query searched once at every length)")
+    return [text + ".", ""]
+
+
 def _share(value) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
@@ -94,7 +108,8 @@ def markdown_table(results: dict) -> str:
     lines = [f"# Retrieval with {results['name']}: quality and speed against code length", ""]
     if results.get("inputs"):
         lines += _inputs(results["inputs"])
-    lines += [_describe(results) + ".", "", f"Timing: {results['timing']['method']}.", "",
+    lines += [_describe(results) + ".", "", f"Timing: {results['timing']['method']}. The timed rounds searched "
+              f"{results['timing'].get('query_sample', 'all queries')}.", "", *_work(results),
               f"Metrics: an item is relevant when it shares a label with the query; P@{R} = relevant in the top "
               f"{R} / {R}; R@{R} = relevant in the top {R} / relevant in the database; AP@{R} = mean of "
               f"precision@k over the ranks k <= {R} holding a relevant item (0 if none), equal scores averaged "

@@ -22,9 +22,17 @@ from .baselines import DEFAULT_PCA_FIT_ROWS
 from .checks import check_non_negative_int, check_positive_int
 from .index import INDEX_KINDS, INDEX_OPTIONS
 
-# the baselines' planned work may reach this multiple of the sweep's (lengths, timed rounds and
-# funnel) by default: with the sweep itself the default benchmark stays within about 3x the sweep
-DEFAULT_BASELINE_COST_RATIO = 1.5
+# by default the whole benchmark's planned work (scored round, timed rounds, funnel, baselines) stays
+# within this multiple of a plain sweep's (every query searched once at every length, each index
+# built once); the baselines take what the sweep leaves of it. Below 3 because the cost model is
+# rough: at 200,000 x 2,048 on a 2-core machine a plan of 2.37x took 2.0x the plain sweep's wall
+# time (docs/benchmarks.md); the margin is for machines where it errs the other way
+DEFAULT_COST_RATIO = 2.5
+# the timed rounds search a seeded sample of this many queries by default: one batch of 1,000
+# keeps FAISS on its BLAS path at full width (it takes BLAS from 20 queries) and takes seconds at
+# the full length of a million-row database, where timing every query in every round would
+# multiply the sweep's cost by 1 + repeats
+DEFAULT_TIMING_QUERIES = 1_000
 # queries the baselines are scored on by default (a seeded sample): the standard error of a mAP
 # over 1,000 queries is about 0.01, below the gaps between prefix, random subset and PCA that matter
 DEFAULT_BASELINE_QUERIES = 1_000
@@ -78,7 +86,9 @@ class TimingSettings:
     """How searches are timed (see :func:`~retrieval.timing.time_interleaved`).
 
     Attributes:
-        repeats: timed rounds after one warm-up round (whose results are the ones scored).
+        repeats: timed rounds after one warm-up round (whose results, on every query, are the ones scored).
+        query_sample: the timed rounds search a seeded sample of this many queries in one batch
+            (None, or at least as many as there are: every query); queries/s is over the sample.
         busy_retries: a timed search during which other processes took over 10% of the CPU is
             repeated up to this many times, keeping the fastest (for shared machines).
         quiet_wait_seconds: before each timed search, wait up to this long for other processes
@@ -86,17 +96,20 @@ class TimingSettings:
     """
 
     repeats: int = 3
+    query_sample: int | None = DEFAULT_TIMING_QUERIES
     busy_retries: int = 0
     quiet_wait_seconds: float = 0.0
 
     def __post_init__(self):
         check_positive_int(self.repeats, "repeats")
+        _check_optional_positive(self.query_sample, "timing query_sample")
         check_non_negative_int(self.busy_retries, "busy_retries")
         if isinstance(self.quiet_wait_seconds, bool) or not isinstance(self.quiet_wait_seconds, (int, float)) \
                 or not self.quiet_wait_seconds >= 0:
             raise ValueError(f"quiet_wait_seconds must be >= 0 (seconds); got {self.quiet_wait_seconds!r}")
 
     def as_dict(self) -> dict:
+        """The keyword arguments of :func:`~retrieval.timing.time_interleaved` (the sample is not one)."""
         return {"repeats": self.repeats, "busy_retries": self.busy_retries,
                 "quiet_wait_seconds": float(self.quiet_wait_seconds)}
 
@@ -129,18 +142,21 @@ class BaselineSettings:
         random_draws: seeded random subsets per length.
         pca_fit_rows: rows the PCA is fitted on (a seeded sample; None: all rows).
         dims: the lengths the baselines run at: "auto" (default) takes the benchmark's lengths
-            from the shortest up while the baselines' estimated work stays within ``cost_ratio``
-            times the sweep's; "all": every benchmarked length; or a list of benchmarked lengths.
+            from the shortest up while the whole benchmark's estimated work stays within
+            ``cost_ratio`` times a plain sweep's; "all": every benchmarked length; or a list of
+            benchmarked lengths.
         query_sample: the baselines are scored on a seeded sample of this many queries (the
             prefix is scored on the same sample beside them); None: on every query.
-        cost_ratio: the bound of "auto" (baselines' work / the sweep's, both estimated).
+        cost_ratio: the bound of "auto": the whole benchmark's planned work (scored round, timed
+            rounds, funnel, baselines) over a plain sweep's (every query searched once at every
+            length, each index built once), both estimated by :mod:`retrieval.plan`.
     """
 
     random_draws: int = 5
     pca_fit_rows: int | None = DEFAULT_PCA_FIT_ROWS
     dims: str | Sequence[int] = "auto"
     query_sample: int | None = DEFAULT_BASELINE_QUERIES
-    cost_ratio: float = DEFAULT_BASELINE_COST_RATIO
+    cost_ratio: float = DEFAULT_COST_RATIO
 
     def __post_init__(self):
         check_positive_int(self.random_draws, "random_draws")

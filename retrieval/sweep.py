@@ -2,9 +2,10 @@
 
 Every round searches every length in turn, the funnel last, so load that drifts over the minutes
 a benchmark takes slows all lengths alike and each length's time in a round can be paired with
-the reference length's in the same round. Round 0 is the warm-up: its results are the ones
-scored. When the plan holds every index they are built once; otherwise each is built before its
-search in every round and freed after it (builds are never timed).
+the reference length's in the same round. Round 0 is the warm-up: it searches every query and
+its results are the ones scored; the timed rounds search the plan's timing sample. When the
+plan holds every index they are built once; otherwise each is built before its search in every
+round and freed after it (builds are never timed).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def run_sweep(database, queries: np.ndarray, plan: Plan, options: dict, timing: 
     """Build, search and time every length of ``plan`` (and its funnel).
 
     Args:
-        database: ``[n, k]`` codes (read by row chunks); queries: ``[nq, k]``.
+        database: ``[n, k]`` codes (read by row chunks); queries: ``[nq, k]``, all of them
+            searched in round 0 (scored), the plan's timing sample in the timed rounds.
         options: :func:`~retrieval.index.build_index` keyword arguments (backend resolved).
         score: ``(D, I) -> per-query metrics``.
 
@@ -77,13 +79,16 @@ def run_sweep(database, queries: np.ndarray, plan: Plan, options: dict, timing: 
         length -> :class:`Measured`, and the funnel's :class:`Measured` (None without a funnel).
     """
     timed = dict(busy_retries=timing.busy_retries, quiet_wait_seconds=timing.quiet_wait_seconds)
+    ids = plan.timing_query_ids
+    sample = queries if ids is None else np.ascontiguousarray(queries[ids])
     held, rounds, first = {}, {m: _Rounds() for m in plan.lengths}, {}
     funnel_rounds, funnel_first, funnel_held = _Rounds(), None, None
     for r in range(plan.rounds):
         label = "warm-up round" if r == 0 else f"timed round {r} of {plan.rounds - 1}"
         for i, m in enumerate(plan.lengths):
             first.setdefault(m, {})
-            _one_length(database, queries, m, plan, options, held, first[m], rounds[m], r, timed, score)
+            _one_length(database, queries if r == 0 else sample, m, plan, options, held, first[m], rounds[m], r,
+                        timed, score)
             where = f"sweep {label}, length {m} ({i + 1} of {len(plan.lengths)})"
             if r == 0:
                 progress.done(plan.length_units(m, r), "%s: built in %.1f s, mAP@%d %.4f", where,
@@ -92,8 +97,8 @@ def run_sweep(database, queries: np.ndarray, plan: Plan, options: dict, timing: 
                 progress.done(plan.length_units(m, r), "%s: %.3f s%s", where, rounds[m].seconds[-1],
                               _load(rounds[m].background[-1]))
         if plan.funnel is not None:
-            funnel_first, funnel_held = _funnel_round(database, queries, plan, options, held, funnel_held,
-                                                      funnel_first, funnel_rounds, r, timed, score)
+            funnel_first, funnel_held = _funnel_round(database, queries if r == 0 else sample, plan, options, held,
+                                                      funnel_held, funnel_first, funnel_rounds, r, timed, score)
             detail = (f"mAP@{plan.R} {float(funnel_first['per_query']['ap'].mean()):.4f}" if r == 0 else
                       f"{funnel_rounds.seconds[-1]:.3f} s{_load(funnel_rounds.background[-1])}")
             progress.done(plan.funnel_units(r), "sweep %s, funnel %d -> %d: %s", label, plan.funnel[0],

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import torch
 
-from .arrays import rows_for_budget, row_chunks, sort_neighbours, work_rows
+from .arrays import read_rows, rows_for_budget, row_chunks, sort_neighbours, work_rows
 from .topk import merge_topk, topk_rows
 
 logger = logging.getLogger(__name__)
@@ -81,11 +81,14 @@ class TorchFlatIndex:
         return min(self.ntotal, rows_for_budget(self.budget, self.dim * (self._itemsize + 4) + score_row))
 
     def _chunks(self, rows: int):
+        # streamed: one host buffer refilled a working chunk at a time (on the CPU the float32
+        # tensor shares it), so a view's transform never holds a whole chunk's temporaries
+        buffer = None if self.resident else np.empty((rows, self.dim), dtype=np.float32)
         for i0, i1 in row_chunks(self.ntotal, rows):
             if self.resident:
                 yield i0, self.stored[i0:i1]
             else:
-                yield i0, _block_to_device(self.database[i0:i1], i0, self.device, self.dtype)
+                yield i0, _block_to_device(read_rows(self.database, i0, i1, out=buffer), i0, self.device, self.dtype)
 
     @torch.inference_mode()
     def search(self, xq: np.ndarray, R: int) -> tuple[np.ndarray, np.ndarray]:

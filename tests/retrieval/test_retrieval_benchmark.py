@@ -223,6 +223,27 @@ def test_baselines_on_a_query_sample_at_chosen_lengths_are_compared_on_the_same_
     assert "Baselines at lengths 2, 16 on a seeded sample of 25 of the 60 queries" in table
 
 
+def test_timed_rounds_on_a_query_sample_leave_the_scores_on_every_query_and_say_so(tmp_path):
+    db, db_labels, q, q_labels = _clustered(n=800, nq=60, k=16)
+    common = dict(R=10, baselines=None, funnel=FunnelSettings(short_dim=2, shortlist_size=40))
+    sampled = retrieval.run_benchmark(db, db_labels, q, q_labels, timing=TimingSettings(repeats=2, query_sample=25),
+                                      **common)
+    every = retrieval.run_benchmark(db, db_labels, q, q_labels, timing=TimingSettings(repeats=1, query_sample=None),
+                                    **common)
+    assert sampled["timing"]["queries"] == 25 and every["timing"]["queries"] == 60
+    assert sampled["timing"]["query_sample"] == "a seeded sample of 25 of the 60 queries (seed 0)"
+    assert every["timing"]["query_sample"] == "all queries"
+    for a, b in zip(sampled["lengths"], every["lengths"]):
+        assert a["codes"] == b["codes"]  # quality is scored on every query either way
+        assert a["qps"] == pytest.approx(25 / min(a["seconds"]))  # q/s over the queries each timed search ran
+    assert sampled["funnel"]["map"] == every["funnel"]["map"]
+    assert sampled["funnel"]["qps"] == pytest.approx(25 / min(sampled["funnel"]["seconds"]))
+    assert sampled["plan"]["timing_queries"] == 25
+    table = retrieval.write_report(sampled, tmp_path)["markdown"].read_text()
+    assert "The timed rounds searched a seeded sample of 25 of the 60 queries (seed 0)." in table
+    assert "estimated before the start" in table and "x the planned work of a plain sweep" in table
+
+
 def test_the_report_names_its_inputs_the_chance_level_and_the_speedup_spread(results, tmp_path):
     named = {**results, "inputs": {"database": {"path": "/data/train", "content_id": "sha256:ab12"},
                                    "queries": {"path": "/data/val", "content_id": "sha256:cd34"}, "run": None}}

@@ -151,3 +151,32 @@ def test_an_in_memory_cpu_index_holds_no_second_copy_and_a_streamed_one_one_chun
     assert streamed.info()["in_memory"] is False and streamed.info()["chunk_rows"] == 100
     assert streamed.stored_rows() is None
     np.testing.assert_array_equal(streamed.search(prefix_codes(xq, 16), 5)[1], built.search(prefix_codes(xq, 16), 5)[1])
+
+
+@pytest.mark.parametrize("backend", ["faiss-cpu", "torch"])
+def test_a_streamed_search_over_a_pca_view_holds_one_chunk_not_the_views_temporaries(backend, monkeypatch):
+    # the PCA view's transform centres full-width rows before projecting them: over a whole
+    # chunk at once (and with the previous chunk still referenced) that held about four chunks
+    import tracemalloc
+
+    import retrieval.arrays
+    from retrieval.baselines import fit_pca, pca_view
+
+    monkeypatch.setattr(retrieval.arrays, "WORK_CHUNK_BYTES", 256 << 10)  # working chunks of 256 rows here
+    xb, xq = _data(n=20_000, d=256)
+    pca = fit_pca(xb, max_rows=None)
+    view, budget = pca_view(xb, pca, 128), 2 << 20
+    streamed = build_index(view, backend=backend, memory_budget_bytes=budget)
+    exact = build_index(view, backend=backend)
+    assert streamed.info()["in_memory" if backend == "faiss-cpu" else "resident"] is False
+    q = pca_view(xq, pca, 128)[0 : len(xq)]
+    tracemalloc.start()
+    try:
+        D, I = streamed.search(q, 10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= budget + (1 << 20), f"peak {peak / 2**20:.1f} MiB of numpy buffers for a 2 MiB budget"
+    D_exact, I_exact = exact.search(q, 10)
+    np.testing.assert_array_equal(I, I_exact)
+    np.testing.assert_allclose(D, D_exact, rtol=1e-5, atol=1e-6)

@@ -15,9 +15,9 @@ from retrieval.progress import Progress, clock
 
 
 def _plan(n=200_000, nq=1_000, k=2048, budget=4 << 30, baselines=BaselineSettings(), funnel=(128, 2048, None),
-          repeats=3):
+          repeats=3, timing_sample=TimingSettings().query_sample):
     return make_plan(n=n, nq=nq, k=k, R=100, lengths=default_lengths(k), kind="flat", options={}, budget=budget,
-                     repeats=repeats, funnel=funnel, baselines=baselines, seed=0)
+                     repeats=repeats, funnel=funnel, baselines=baselines, seed=0, timing_sample=timing_sample)
 
 
 def test_indexes_are_held_only_when_all_of_them_fit_the_budget_together():
@@ -33,30 +33,43 @@ def test_indexes_are_held_only_when_all_of_them_fit_the_budget_together():
                      repeats=1, funnel=(4, 64, None), baselines=None, seed=0).held is True
 
 
-def test_auto_baselines_stay_within_their_cost_bound_and_the_choice_is_deterministic():
-    plan = _plan()
-    assert plan.baseline_units() <= 1.5 * plan.sweep_units()
-    assert plan.baseline_dims == default_lengths(2048)[: len(plan.baseline_dims)]  # the shortest first
-    assert 0 < len(plan.baseline_dims) < 12  # the longest lengths cost the most and are left out here
-    assert plan.baseline_queries == 1000 and plan.baseline_query_ids is None  # 1,000 queries: all of them
-    again = _plan()
+def test_auto_baselines_keep_the_whole_benchmark_within_its_bound_of_a_plain_sweep_deterministically():
+    # 10,000 queries over 200,000 x 2,048: the timed rounds search a seeded sample of 1,000
+    plan = _plan(nq=10_000)
+    assert plan.timing_queries == 1000 and len(plan.timing_query_ids) == 1000
+    assert plan.total_units() <= 2.5 * plan.plain_units()  # the default bound, sweep and baselines together
+    assert plan.sweep_units() < 1.5 * plan.plain_units()  # timing a sample costs a fraction of the scoring
+    assert plan.baseline_dims == default_lengths(2048)  # the bound leaves room for every length here
+    assert plan.baseline_queries == 1000 and len(plan.baseline_query_ids) == 1000
+    assert sorted(set(plan.baseline_query_ids)) == list(plan.baseline_query_ids)
+    assert set(plan.baseline_query_ids) != set(plan.timing_query_ids)  # two seeded streams
+    assert "2.5x a plain sweep" in plan.baseline_choice and "sample of 1000 of the 10000 queries" in plan.baseline_choice
+    again = _plan(nq=10_000)
     assert again.baseline_dims == plan.baseline_dims and again.pca_fit_rows == plan.pca_fit_rows
-    # ten times the queries: the baselines run on a sample of 1,000, so more lengths fit the bound
-    many = _plan(nq=10_000)
-    assert many.baseline_queries == 1000 and len(many.baseline_query_ids) == 1000
-    assert sorted(set(many.baseline_query_ids)) == list(many.baseline_query_ids)
-    assert len(many.baseline_dims) > len(plan.baseline_dims)
-    assert "1.5x the sweep" in many.baseline_choice and "sample of 1000 of the 10000 queries" in many.baseline_choice
-    # fewer queries make the sweep cheaper: the PCA is fitted on fewer rows, never under 10 rows per
-    # dimension; when even that fit would take over half the allowance PCA is left out, and the
-    # random subsets keep a small fixed allowance
-    fewer = _plan(nq=200, k=1024)
-    assert fewer.pca and 10 * 1024 <= fewer.pca_fit_rows < 200_000 and "PCA fitted on" in fewer.baseline_choice
+    assert (again.timing_query_ids == plan.timing_query_ids).all()
+    # 1,000 queries: all of them timed and scored; the sweep alone is over 2.5 plain sweeps, so the
+    # baselines get their fixed allowance, at the shortest lengths first
+    small = _plan()
+    assert small.timing_query_ids is None and small.baseline_query_ids is None
+    assert small.baseline_dims == default_lengths(2048)[: len(small.baseline_dims)]
+    assert 0 < len(small.baseline_dims) < 12 and small.baseline_units() <= BASELINE_FLOOR_UNITS
+    # fewer queries still: the PCA is fitted on fewer rows, never under 10 rows per dimension;
+    # when even that fit would take over half the allowance PCA is left out
+    fewer = _plan(nq=100)
+    assert fewer.pca and 10 * 2048 <= fewer.pca_fit_rows < 200_000 and "PCA fitted on" in fewer.baseline_choice
     few = _plan(n=20_000, nq=20, k=8192, funnel=(512, 8192, None))  # an 8,192 x 8,192 eigendecomposition
     assert not few.pca and few.pca_fit_rows == 0 and "PCA left out" in few.baseline_choice
     assert few.baseline_dims[:3] == [1, 2, 4]
     for p in (fewer, few):
-        assert p.baseline_units() <= max(1.5 * p.sweep_units(), BASELINE_FLOOR_UNITS)
+        assert p.baseline_units() <= max(2.5 * p.plain_units() - p.sweep_units(), BASELINE_FLOOR_UNITS)
+
+
+def test_an_imagenet_sized_default_plan_stays_within_the_bound_with_indexes_rebuilt_per_round():
+    plan = _plan(n=1_281_167, nq=10_000)
+    assert not plan.held  # twelve 1.28M-row indexes do not fit 4 GiB together
+    assert plan.total_units() <= 2.5 * plan.plain_units()
+    assert len(plan.baseline_dims) >= 8
+    assert plan.as_dict()["total_to_plain_sweep_units"] == pytest.approx(plan.total_units() / plan.plain_units())
 
 
 def test_asked_baseline_lengths_are_kept_and_checked():
@@ -72,7 +85,9 @@ def test_the_plan_says_what_it_will_do():
     text = plan.describe()
     assert "lengths 1, 2, 4" in text and "rebuilt in every round" in text and "paired per round" in text
     assert "funnel: shortlist 200 with 128 dims, rerank with 2048" in text
-    assert "random subsets and PCA" in text and "estimated time" in text
+    assert "random subsets and PCA" in text and "estimated time" in text and "x the planned work of a plain sweep" in text
+    assert "1 scored round on every query + 3 timed rounds on every query" in text
+    assert "3 timed rounds on a seeded sample of 1000 of the 10000 queries" in _plan(nq=10_000).describe()
     assert plan.as_dict()["estimated_seconds"]["total"] == pytest.approx(plan.total_units() * 3e-11)
     assert "baselines: off" in _plan(baselines=None).describe()
 
@@ -83,6 +98,7 @@ def test_the_plan_says_what_it_will_do():
     (lambda: SearchSettings(memory_budget_bytes=-1), "memory_budget_bytes must be a positive integer"),
     (lambda: SearchSettings(index_options={"nprobes": 4}), "unknown index_options nprobes; accepted: nlist"),
     (lambda: TimingSettings(repeats=0), "repeats must be a positive integer"),
+    (lambda: TimingSettings(query_sample=0), "timing query_sample must be a positive integer"),
     (lambda: TimingSettings(busy_retries=-1), "busy_retries must be an integer >= 0"),
     (lambda: FunnelSettings(short_dim=0), "funnel short_dim must be a positive integer"),
     (lambda: BaselineSettings(dims="some"), "baseline dims must be 'auto', 'all' or a list"),

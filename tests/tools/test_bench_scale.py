@@ -46,3 +46,25 @@ def test_bench_scale_rejects_bad_settings_with_a_clear_message(tmp_path):
     done = subprocess.run([sys.executable, str(TOOL), "--rows", "5000", "--dim", "256", "--stages", "knn,sort"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "sort unknown; accepted: retrieve, knn, prepare, benchmark" in done.stderr
+
+
+def _bench_scale_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_scale", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cpu_of_worker_processes_not_waited_for_counts_as_the_sides_own_not_as_background():
+    # FFCV's writer leaves its worker processes unreaped while it runs: getrusage(RUSAGE_CHILDREN)
+    # missed them and their CPU read as other processes' load (1.9 of 2 cores on a quiet machine)
+    tree = _bench_scale_module().TreeCpu()
+    tree.start()
+    busy = "import time\nwhile time.process_time() < 0.6: pass\nprint('done', flush=True)"
+    child = subprocess.Popen([sys.executable, "-c", busy], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "done"  # it has spent 0.6 s of CPU; not waited for yet
+    own = tree.stop()
+    child.wait()
+    assert own >= 0.5
