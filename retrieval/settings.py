@@ -25,7 +25,7 @@ from .index import INDEX_KINDS, INDEX_OPTIONS
 # by default the whole benchmark's planned work (scored round, timed rounds, funnel, baselines) stays
 # within this multiple of a plain sweep's (every query searched once at every length, each index
 # built once); the baselines take what the sweep leaves of it. Below 3 because the cost model is
-# rough: at 200,000 x 2,048 on a 2-core machine a plan of 2.37x took 2.0x the plain sweep's wall
+# rough: at 200,000 x 2,048 on a 2-core machine a plan of 2.37x took 2.0-2.2x the plain sweep's wall
 # time (docs/benchmarks.md); the margin is for machines where it errs the other way
 DEFAULT_COST_RATIO = 2.5
 # the timed rounds search a seeded sample of this many queries by default: one batch of 1,000
