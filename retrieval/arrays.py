@@ -97,26 +97,23 @@ class RowView:
         return rows[inverse.reshape(ids.shape)]
 
 
-def read_rows(x, i0: int, i1: int, out: np.ndarray | None = None) -> np.ndarray:
+def read_rows(x, i0: int, i1: int, out: np.ndarray | None = None, chunk_rows: int | None = None) -> np.ndarray:
     """Rows ``i0:i1`` of an array-like ``[n, d]`` as C-contiguous float32 ``[i1 - i0, d]``, written
-    into ``out`` (a reused buffer of at least that many rows) or a new array, a working chunk at a
-    time: a view's transform (a PCA's centred full-width copy, a subset's gather) then holds one
-    working chunk's temporaries, never the whole range's."""
+    into ``out`` (a reused buffer of at least that many rows) or a new array, ``chunk_rows`` at a
+    time (default a working chunk): a view's transform (a PCA's centred full-width copy, a
+    subset's gather) then holds one chunk's temporaries, never the whole range's."""
     d = int(x.shape[1])
     out = np.empty((i1 - i0, d), dtype=np.float32) if out is None else out[: i1 - i0]
-    width = x.source.shape[1] if isinstance(x, RowView) else d
-    for j0, j1 in row_chunks(i1 - i0, work_rows(width)):
+    if chunk_rows is None:
+        chunk_rows = work_rows(x.source.shape[1] if isinstance(x, RowView) else d)
+    for j0, j1 in row_chunks(i1 - i0, chunk_rows):
         out[j0:j1] = x[i0 + j0 : i0 + j1]
     return out
 
 
 def materialize(x, chunk_rows: int) -> np.ndarray:
     """``x`` (array-like ``[n, d]``) as one C-contiguous float32 array, read ``chunk_rows`` at a time."""
-    n, d = x.shape
-    out = np.empty((n, d), dtype=np.float32)
-    for i0, i1 in row_chunks(n, chunk_rows):
-        out[i0:i1] = x[i0:i1]
-    return out
+    return read_rows(x, 0, int(x.shape[0]), chunk_rows=chunk_rows)
 
 
 def as_float32_rows(x) -> np.ndarray:

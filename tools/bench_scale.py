@@ -32,8 +32,8 @@ prepare: the same images, labels and pixels; benchmark: the same mAP@R per lengt
 anonymous memory of each side's process tree (``RssAnon`` of ``/proc/PID/status``, summed over
 the process and its children, sampled every 20 ms; the process's own ``RssAnon`` just before
 the timed call is given beside it) and the CPU other processes took meanwhile (cores, from
-``/proc/stat`` less the CPU time of the side's process tree, worker processes included). Memory-mapped stages read the whole file once
-before each side, so both start from the page cache.
+``/proc/stat`` less the CPU time of the side's process tree, worker processes included).
+Memory-mapped stages read the whole file once before each side, so both start from the page cache.
 
 Run (under the shared lock on the project's machines):
 ``python tools/bench_scale.py --rows 200000 --dim 2048 --images 200000 --json bench.json``
@@ -719,7 +719,8 @@ def main(argv=None) -> int:
                    "package seconds; peak_rss_anon_bytes: peak anonymous memory of the side, sampled every "
                    "20 ms (RssAnon of a lone process, Pss_Anon summed over a process tree); background_cores: "
                    "CPU other processes took during the call (the machine's busy time from /proc/stat less "
-                   "the side's process tree's, its children's CPU times sampled every 50 ms); the memory map or the image tree read once "
+                   "the side's process tree's, its children's CPU times sampled every 50 ms); the memory map "
+                   "or the image tree read once "
                    "before each side (page cache warm), sync after each side"),
         "stages": results,
     }
