@@ -203,15 +203,6 @@ def _prepare_data(args: argparse.Namespace, eigenmap, cfg, key: dict | None = No
     return sources[0][2], sources[1][2], statement, train
 
 
-def retrieval_lengths(k: int) -> list[int]:
-    """The code lengths the demo scores: 4, 8, ... up to k, and k. They start at 4 as the official
-    Neural Eigenmaps retrieval code's do: an L2-normalised code of one or two dimensions keeps
-    little more than their signs, and the first output tends to the kernel's top eigenfunction,
-    the constant one, which ranks nothing."""
-    lengths = [m for m in (4 * 2 ** i for i in range(k.bit_length())) if m < k]
-    return lengths + [k]
-
-
 def _fitted_batch(n_images: int, cfg) -> list[str]:
     """An override lowering ``data.batch_size_per_worker`` so that one step's global batch fits
     the training set (a small folder), or nothing when it already fits or cannot (fewer images
@@ -238,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     from eigenmap.config import load_config
     from eigenmap.run_layout import RunDir
     from launch.cli import main as eigenmap
+    from retrieval import default_lengths
 
     if args.data is None and not FASHION_MNIST.is_dir():
         print(f"eigenmap demo: error: '{FASHION_MNIST}' does not exist; install Debian's dataset-fashion-mnist "
@@ -282,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     retrieval_r = min(100, n_train)
     if retrieval_r < 100:
         statement += f" Retrieval ranks the whole database: mAP@{retrieval_r}, not mAP@100."
-    lengths = retrieval_lengths(cfg.model.projector_out_dim)
+    lengths = default_lengths(cfg.model.projector_out_dim)  # retrieve's own default, stated here
     statement += (f" Retrieval scores the code lengths {', '.join(map(str, lengths))} (from 4, as the official Neural "
                   "Eigenmaps retrieval code does).")
     stages = [
@@ -291,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
                    *fitted, *args.overrides, "--json", str(args.out_dir / "train.json")]),
         ("linear probe and kNN", ["probe", str(run_dir), "--train", str(train_beton), "--val", str(val_beton)]),
         ("retrieval", ["retrieve", str(run_dir), "--database", str(train_beton), "--queries", str(val_beton),
-                       "--R", str(retrieval_r), "--dims", *map(str, lengths)]),
+                       "--R", str(retrieval_r)]),
     ]
     for name, command in stages:
         t0 = time.perf_counter()

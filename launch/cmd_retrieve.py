@@ -2,7 +2,8 @@
 of adaptive-length codes.
 
 The eigenfunction outputs are ordered by eigenvalue, so the first m dimensions of a code are a
-usable short code. For each length m (default: powers of two up to k, and k): mAP@R,
+usable short code. For each length m (default: powers of two from 4 up to k, and k, as the official
+Neural Eigenmaps retrieval code scores them): mAP@R,
 precision@R and recall@R (a result is relevant when it shares a label with the query; multi-label
 sets included) and queries/s, against two baselines at the same m (a random m-subset of
 dimensions, PCA to m fitted on the database) and the adaptive funnel (shortlist with a short
@@ -30,6 +31,7 @@ import sys
 from pathlib import Path
 
 from launch.arg_types import int_at_least, memory_size
+from retrieval.settings import DEFAULT_MIN_SECONDS
 from launch.eval_inputs import INTERRUPTED, add_extraction_arguments, extractor, pick_device
 
 CONSEQUENCE = "every query would find itself first, which inflates mAP@R"
@@ -44,7 +46,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--queries", type=Path, required=True, help="queries: .beton, feature folder or arrays folder")
     p.add_argument("--features", action="store_true", help="the encoder features instead of the codes")
     p.add_argument("--dims", type=int, nargs="+", default=None, metavar="M",
-                   help="code lengths (default: powers of two up to the full length, and it)")
+                   help="code lengths (default: powers of two from 4 up to the full length k, and k; 1 and 2 only when asked)")
     p.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat", help="exact or approximate search")
     p.add_argument("--backend", choices=("auto", "faiss-cpu", "faiss-gpu", "torch"), default="auto",
                    help="search backend (default auto: faiss-gpu, else torch on CUDA, else faiss-cpu)")
@@ -56,6 +58,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--timing-queries", type=int_at_least("--timing-queries", 0), default=1000, metavar="N",
                    help="the timed rounds search a seeded sample of N queries (default 1000; 0: every query); "
                         "quality is always scored on every query")
+    p.add_argument("--min-timed-seconds", type=float, default=DEFAULT_MIN_SECONDS, metavar="S",
+                   help="each timed search (one length in one round) is repeated back to back for at least S "
+                        f"seconds and q/s counts one search (default {DEFAULT_MIN_SECONDS:g}; 0: a single search): a "
+                        "millisecond search timed once measures the scheduler's noise")
     p.add_argument("--memory-budget", type=memory_size("--memory-budget"), default="4GiB", metavar="SIZE",
                    help="database-sized buffers held at once (indexes, chunks read), e.g. 4GiB, 512MiB, 8GB "
                         "(default 4GiB); peak memory is this plus a fixed overhead")
@@ -69,7 +75,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import retrieval
-    from retrieval.checks import check_dims, check_R
+    from retrieval.checks import check_R
+    from retrieval.prefix import resolve_lengths
     from eigenmap.eval.inputs import EvalInputError, check_pair, describe, load_arrays, require_arrays
     from eigenmap.eval.reports import check_report_folder, publish_report
     from eigenmap.run_dir import RunDirError, load_run
@@ -90,12 +97,13 @@ def run(args: argparse.Namespace) -> int:
             raise EvalInputError("a .beton set needs the RUN whose encoder reads it")
         width = database.widths.get(array) or (loaded.model.feat_dim if args.features
                                                 else loaded.config.model.projector_out_dim)
-        check_dims(args.dims, width)
+        lengths = resolve_lengths(args.dims, width)
         check_R(args.R, database.num_images)
         inputs = {"run": str(args.run.resolve()) if args.run else None, "step": loaded.step if loaded else None,
                   "database": database.to_dict(), "queries": queries.to_dict()}
         out = args.out or RunDir(args.run).retrieval(array, pair_name(database.name, queries.name))
-        check_report_folder(out, "retrieval.json", inputs, overwrite=args.overwrite, out_flag="--out")
+        check_report_folder(out, "retrieval.json", inputs, overwrite=args.overwrite, out_flag="--out",
+                            lost=lambda report: _lost(report, lengths, args))
         extract = extractor(args, loaded, args.run, device) if loaded is not None else None
         db_arrays, q_arrays = (load_arrays(inp, run_dir=args.run, weights=loaded and loaded.weights,
                                            scale_by_eigenvalue=args.scale_by_eigenvalue,
@@ -103,10 +111,11 @@ def run(args: argparse.Namespace) -> int:
                                for inp in (database, queries))
         results = retrieval.run_benchmark(
             getattr(db_arrays, array), db_arrays.labels, getattr(q_arrays, array), q_arrays.labels,
-            dims=args.dims, R=args.R, name=array, seed=loaded.config.train.seed if loaded is not None else 0,
+            dims=lengths, R=args.R, name=array, seed=loaded.config.train.seed if loaded is not None else 0,
             search=retrieval.SearchSettings(index=args.index, backend=args.backend,
                                             memory_budget_bytes=args.memory_budget),
-            timing=retrieval.TimingSettings(repeats=args.repeats, query_sample=args.timing_queries or None),
+            timing=retrieval.TimingSettings(repeats=args.repeats, query_sample=args.timing_queries or None,
+                                            min_seconds=args.min_timed_seconds),
             baselines=None if args.no_baselines else retrieval.BaselineSettings(),
             funnel=None if args.no_funnel else retrieval.FunnelSettings())
     except (RunDirError, ValueError) as e:
@@ -124,3 +133,17 @@ def run(args: argparse.Namespace) -> int:
     print((out / paths["markdown"].name).read_text())
     print(f"written to {out}")
     return 0
+
+
+def _lost(report: dict, lengths: list[int], args: argparse.Namespace) -> list[str]:
+    """What the retrieval report of the same inputs measured that this request would not: its
+    lengths, baselines and funnel (a narrower request must not silently replace a fuller one)."""
+    lost = []
+    gone = sorted(set(report.get("dims") or []) - set(lengths))
+    if gone:
+        lost.append(f"the lengths {', '.join(map(str, gone))} (this request: {', '.join(map(str, lengths))})")
+    if report.get("baselines") is not None and args.no_baselines:
+        lost.append("the random-subset and PCA baselines (this request: --no-baselines)")
+    if report.get("funnel") is not None and args.no_funnel:
+        lost.append("the funnel (this request: --no-funnel)")
+    return lost

@@ -25,7 +25,9 @@ logger = logging.getLogger(__name__)
 
 TIMING_METHOD = (
     "queries/s = number of timed queries / wall seconds of one search of them in one batch (the timed "
-    "queries: every query, or a seeded sample of them, as timing.queries says; quality is scored on every "
+    "queries: every query, or a seeded sample of them, as timing.queries says; each timed measurement "
+    "repeats the search back to back for at least timing.min_seconds and divides by the searches made, "
+    "so a millisecond search is not measured against the scheduler's noise; quality is scored on every "
     "query; query prefix and normalisation included; the database prefix, normalisation and index are "
     "built untimed, as a deployed index would be); one warm-up round, then the timed rounds, each "
     "searching every length in turn (the funnel last); q/s is the best round, qps_median the median; "
@@ -74,7 +76,8 @@ def run_benchmark(
         database_labels: ``[n]`` labels, ``[n, C]`` multi-hot, or a list of label lists.
         queries: ``[nq, k]`` float array.
         query_labels: like ``database_labels``, ``nq`` entries.
-        dims: code lengths (default: powers of two up to k, and k).
+        dims: code lengths (default :func:`~retrieval.prefix.default_lengths`: powers of two from 4
+            up to k, and k).
         R: neighbours per query and metric cut-off (default 100).
         search: index, backend, device, memory budget, index options (:class:`SearchSettings`).
         timing: timed rounds and the shared-machine guards (:class:`TimingSettings`).
@@ -145,6 +148,7 @@ def run_benchmark(
     plan = make_plan(n=n, nq=nq, k=k, R=R, lengths=lengths, kind=search.index, options=dict(search.index_options),
                      budget=search.memory_budget_bytes, repeats=timing.repeats, funnel=funnel_dims,
                      baselines=baselines, seed=seed, timing_sample=timing.query_sample)
+    plan.min_timed_seconds = timing.min_seconds
     plan.seconds_per_unit = probe_rate(database, queries, lambda rows: build_index(rows, **{**options, "index": "flat"}),
                                        k)
     for line in plan.describe().splitlines():  # one record per line: each carries the log's prefix

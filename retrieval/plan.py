@@ -116,6 +116,8 @@ class Plan:
         random_draws: random subsets per length.
         baseline_choice: how the baseline lengths, queries and PCA rows were chosen, in words.
         seconds_per_unit: the probe's rate (None when not probed).
+        min_timed_seconds: each timed search runs back to back for at least this long
+            (:class:`~retrieval.settings.TimingSettings` ``min_seconds``).
     """
 
     n: int
@@ -139,6 +141,7 @@ class Plan:
     random_draws: int = 0
     baseline_choice: str = ""
     seconds_per_unit: float | None = None
+    min_timed_seconds: float = 0.0
 
     @property
     def baseline_queries(self) -> int:
@@ -205,7 +208,20 @@ class Plan:
         if self.seconds_per_unit is None:
             return None
         sweep, base = self.sweep_units() * self.seconds_per_unit, self.baseline_units() * self.seconds_per_unit
-        return {"sweep": sweep, "baselines": base, "total": sweep + base}
+        return {"sweep": sweep + self.timing_floor_seconds(), "baselines": base,
+                "total": sweep + self.timing_floor_seconds() + base}
+
+    def timing_floor_seconds(self) -> float:
+        """What the timed searches add beyond their planned units by running back to back for at
+        least ``min_timed_seconds`` each (a small database's searches take milliseconds)."""
+        if self.seconds_per_unit is None:
+            return 0.0
+        units = [search_units(self.kind, self.n, m, self.timing_queries, self.options) for m in self.lengths]
+        if self.funnel is not None:
+            short, rerank, shortlist = self.funnel
+            units.append(search_units(self.kind, self.n, short, self.timing_queries, self.options)
+                         + RERANK_UNITS * self.timing_queries * shortlist * rerank)
+        return (self.rounds - 1) * sum(max(0.0, self.min_timed_seconds - u * self.seconds_per_unit) for u in units)
 
     def as_dict(self) -> dict:
         """The plan for the results (JSON-serialisable)."""
@@ -227,7 +243,8 @@ class Plan:
                  f"a seeded sample of {self.timing_queries} of the {self.nq} queries")
         lines = [f"retrieval plan: database {self.n} x {self.k}, {self.nq} queries, R = {self.R}, {self.kind} index",
                  f"  lengths {', '.join(map(str, self.lengths))}; 1 scored round on every query + "
-                 f"{self.rounds - 1} timed rounds on {timed}, "
+                 f"{self.rounds - 1} timed rounds on {timed} (each search repeated for at least "
+                 f"{self.min_timed_seconds:g} s), "
                  + (f"every index held ({self.held_bytes / gib:.2f} GiB of the {self.budget / gib:.2f} GiB budget)"
                     if self.held else
                     f"each length rebuilt in every round (the indexes do not fit the "

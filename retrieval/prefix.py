@@ -12,15 +12,23 @@ from .arrays import RowView, l2_normalize, materialize, rows_for_budget, work_ro
 from .checks import check_dims
 
 
-def default_lengths(code_length: int) -> list[int]:
-    """Powers of two up to ``code_length``, and ``code_length`` itself.
+# the official Neural Eigenmaps retrieval code scores lengths from 4: an L2-normalised code of one
+# or two dimensions keeps little more than their signs, and the first output tends to the kernel's
+# top eigenfunction, the constant one, which ranks nothing
+FIRST_DEFAULT_LENGTH = 4
 
-    Example: 2048 -> [1, 2, 4, ..., 1024, 2048]; 100 -> [1, 2, 4, ..., 64, 100].
+
+def default_lengths(code_length: int) -> list[int]:
+    """Powers of two from 4 (as the official Neural Eigenmaps code starts) up to ``code_length``,
+    and ``code_length`` itself; shorter lengths are scored only when asked for (``dims``).
+
+    Example: 2048 -> [4, 8, ..., 1024, 2048]; 100 -> [4, 8, ..., 64, 100]; 3 -> [3].
     """
     if code_length < 1:
         raise ValueError(f"code_length must be at least 1; got {code_length}")
-    lengths = [1 << i for i in range(int(code_length).bit_length()) if (1 << i) <= code_length]
-    return sorted(set(lengths) | {int(code_length)})
+    lengths = [FIRST_DEFAULT_LENGTH << i for i in range(int(code_length).bit_length())
+               if FIRST_DEFAULT_LENGTH << i < code_length]
+    return lengths + [int(code_length)]
 
 
 def resolve_lengths(dims, code_length: int) -> list[int]:

@@ -158,7 +158,7 @@ def _ratio(rec: dict) -> str:
 
 
 def _axes(title: str, ylabel: str):
-    fig = Figure(figsize=(7.5, 4.8), dpi=120)
+    fig = Figure(figsize=(7.5, 5.6), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.set_xscale("log", base=2)
@@ -170,8 +170,9 @@ def _axes(title: str, ylabel: str):
 
 
 def plot_map(results: dict) -> Figure:
-    """mAP@R against code length: the prefixes, random subsets (mean ± std) and PCA where they ran,
-    the chance level (a random ranking's mAP@R), the funnel."""
+    """mAP@R against code length: the prefixes, random subsets (mean ± std) and PCA where they ran
+    (with the prefix on the same queries when the baselines ran on a sample), the chance level (a
+    random ranking's mAP@R), the funnel."""
     R, recs = results["R"], results["lengths"]
     dims = [r["dim"] for r in recs]
     fig, ax = _axes(f"{results['name']}: mAP@{R} against code length ({results['sizes']['database']} database rows)",
@@ -182,6 +183,10 @@ def plot_map(results: dict) -> Figure:
         with_pca = [r for r in recs if r.get("pca")]
         sample = results["baselines"].get("query_sample", "all queries")
         note = "" if sample == "all queries" else f", on {sample}"
+        if note:  # the baselines' points sit beside the prefix on the same queries, not on all of them
+            own = [r for r in recs if r.get("codes_on_baseline_queries")]
+            ax.plot([r["dim"] for r in own], [r["codes_on_baseline_queries"]["map"] for r in own], "o", color="C0",
+                    fillstyle="none", markersize=9, label=f"prefix{note}")
         ax.errorbar([r["dim"] for r in with_rs], [r["random_subset"]["map_mean"] for r in with_rs],
                     yerr=[r["random_subset"]["map_std"] for r in with_rs], fmt="s--", capsize=3,
                     label=f"random m-subset (mean ± std, {results['baselines']['random_draws']} draws{note})")
@@ -191,32 +196,36 @@ def plot_map(results: dict) -> Figure:
         ax.axhline(chance["map"], color="0.4", linestyle="-.", linewidth=1,
                    label=f"chance: a random ranking ({chance['map']:.3f})")
     f = results.get("funnel")
-    return _finish_plot(fig, ax, dims, f, "map", f and f"{f['shortlist_size']} shortlisted", "lower right")
+    return _finish_plot(fig, ax, dims, f, "map", f and f"{f['shortlist_size']} shortlisted")
 
 
 def plot_qps(results: dict) -> Figure:
-    """Queries/s against code length (log-log), with the funnel."""
+    """Queries/s against code length, with the funnel. The q/s axis is linear from 0, so a 1%
+    difference looks like 1% (a log axis over 990-1,045 q/s made it look large)."""
     recs = results["lengths"]
     dims = [r["dim"] for r in recs]
     s = results["search"]
     index = s.get("index", s["index_kind"])
     fig, ax = _axes(f"{results['name']}: search speed, {s['backend']} on {s['device']}, {index}",
-                    "queries per second (log scale)")
-    ax.set_yscale("log")
+                    "queries per second")
     ax.plot(dims, [r["qps"] for r in recs], "o-",
             label=f"{s['index_kind']} search, best of {results['timing']['repeats']} rounds")
     ax.plot(dims, [r["qps_median"] for r in recs], ".:", label="median round")
     f = results.get("funnel")
-    return _finish_plot(fig, ax, dims, f, "qps", f and f"{f['speedup']:.1f}x full length", "upper right")
+    top = max([r["qps"] for r in recs] + ([f["qps"]] if f else []))
+    ax.set_ylim(0, 1.08 * top)
+    return _finish_plot(fig, ax, dims, f, "qps", f and f"{f['speedup_median']:.2f}x full length, median round")
 
 
-def _finish_plot(fig: Figure, ax, dims: list[int], funnel: dict | None, key: str, note: str | None,
-                 legend_loc: str) -> Figure:
-    """The funnel's point (its ``key`` figure at its short length), ticks at the lengths, the legend."""
+def _finish_plot(fig: Figure, ax, dims: list[int], funnel: dict | None, key: str, note: str | None) -> Figure:
+    """The funnel's point (its ``key`` figure at its short length), ticks at the lengths, and the
+    legend below the axes, where it covers no curve."""
     if funnel:
         ax.plot([funnel["short_dim"]], [funnel[key]], "*", markersize=14,
                 label=f"funnel {funnel['short_dim']} -> {funnel['rerank_dim']} ({note})")
     ax.set_xticks(dims, [str(d) for d in dims], fontsize=8)
-    ax.legend(fontsize=8, loc=legend_loc)
+    handles = ax.get_legend_handles_labels()[0]
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2 if len(handles) > 2 else 1,
+              frameon=False)
     fig.tight_layout()
     return fig

@@ -36,6 +36,12 @@ DEFAULT_TIMING_QUERIES = 1_000
 # queries the baselines are scored on by default (a seeded sample): the standard error of a mAP
 # over 1,000 queries is about 0.01, below the gaps between prefix, random subset and PCA that matter
 DEFAULT_BASELINE_QUERIES = 1_000
+# each timed search of one length in one round runs back to back for at least this long: a search
+# of a small database takes milliseconds, and at ~0.1 s one scheduler hiccup on a shared machine
+# moved q/s by several percent (the demo's rounds); half a second per measurement keeps the
+# per-round ratios within a few percent there and costs nothing on a large database, whose single
+# search already takes longer
+DEFAULT_MIN_SECONDS = 0.5
 
 
 def _check_optional_positive(value, name: str) -> int | None:
@@ -93,25 +99,29 @@ class TimingSettings:
             repeated up to this many times, keeping the fastest (for shared machines).
         quiet_wait_seconds: before each timed search, wait up to this long for other processes
             to leave the CPU (0: no wait).
+        min_seconds: each timed measurement (one length in one round) repeats the search back to
+            back for at least this long and keeps the seconds of one search (0: one search).
     """
 
     repeats: int = 3
     query_sample: int | None = DEFAULT_TIMING_QUERIES
     busy_retries: int = 0
     quiet_wait_seconds: float = 0.0
+    min_seconds: float = DEFAULT_MIN_SECONDS
 
     def __post_init__(self):
         check_positive_int(self.repeats, "repeats")
         _check_optional_positive(self.query_sample, "timing query_sample")
         check_non_negative_int(self.busy_retries, "busy_retries")
-        if isinstance(self.quiet_wait_seconds, bool) or not isinstance(self.quiet_wait_seconds, (int, float)) \
-                or not self.quiet_wait_seconds >= 0:
-            raise ValueError(f"quiet_wait_seconds must be >= 0 (seconds); got {self.quiet_wait_seconds!r}")
+        for name in ("quiet_wait_seconds", "min_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be >= 0 (seconds); got {value!r}")
 
     def as_dict(self) -> dict:
         """The keyword arguments of :func:`~retrieval.timing.time_interleaved` (the sample is not one)."""
         return {"repeats": self.repeats, "busy_retries": self.busy_retries,
-                "quiet_wait_seconds": float(self.quiet_wait_seconds)}
+                "quiet_wait_seconds": float(self.quiet_wait_seconds), "min_seconds": float(self.min_seconds)}
 
 
 @dataclass(frozen=True)

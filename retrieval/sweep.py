@@ -78,7 +78,8 @@ def run_sweep(database, queries: np.ndarray, plan: Plan, options: dict, timing: 
     Returns:
         length -> :class:`Measured`, and the funnel's :class:`Measured` (None without a funnel).
     """
-    timed = dict(busy_retries=timing.busy_retries, quiet_wait_seconds=timing.quiet_wait_seconds)
+    timed = dict(busy_retries=timing.busy_retries, quiet_wait_seconds=timing.quiet_wait_seconds,
+                 min_seconds=timing.min_seconds)
     ids = plan.timing_query_ids
     sample = queries if ids is None else np.ascontiguousarray(queries[ids])
     held, rounds, first = {}, {m: _Rounds() for m in plan.lengths}, {}

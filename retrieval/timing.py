@@ -32,14 +32,24 @@ def _cpu_ticks() -> tuple[int, int] | None:
     return total - fields[3] - fields[4], total
 
 
-def timed_run(fn: Callable[[], object]) -> tuple[float, float | None]:
-    """Run ``fn`` once: (wall seconds, share of the machine's CPU used by others meanwhile, or
-    None where /proc/stat is missing or the run was too short to tell)."""
+def timed_run(fn: Callable[[], object], min_seconds: float = 0.0) -> tuple[float, float | None]:
+    """Run ``fn`` once, or back to back until ``min_seconds`` have passed: (wall seconds of one
+    call, the mean over the calls; share of the machine's CPU used by others meanwhile, or None
+    where /proc/stat is missing or the run was too short to tell).
+
+    A search of a small database takes milliseconds, where one scheduler hiccup is a large share of
+    the time: a measurement of at least ``min_seconds`` averages such hiccups out.
+    """
     before, own0 = _cpu_ticks(), os.times()
-    t0 = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - t0
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            break
     after, own1 = _cpu_ticks(), os.times()
+    seconds = elapsed / calls
     if before is None or after is None or after[1] - before[1] < _MIN_TICKS:
         return seconds, None  # too short for the clock-tick counters to say anything
     own = (own1.user + own1.system - own0.user - own0.system) * os.sysconf("SC_CLK_TCK")
@@ -63,8 +73,8 @@ def wait_for_quiet(max_seconds: float, busy_share: float, window_seconds: float 
 
 
 def time_once(fn: Callable[[], object], *, busy_retries: int = 0, busy_share: float = 0.1,
-              quiet_wait_seconds: float = 0.0) -> tuple[float, float | None, int]:
-    """Time ``fn`` once, again (``busy_retries`` times at most) while other processes took more
+              quiet_wait_seconds: float = 0.0, min_seconds: float = 0.0) -> tuple[float, float | None, int]:
+    """Time ``fn`` once (back to back for at least ``min_seconds``, see :func:`timed_run`), again (``busy_retries`` times at most) while other processes took more
     than ``busy_share`` of the machine's CPU during the try, waiting up to ``quiet_wait_seconds``
     for a quiet machine before each try.
 
@@ -75,7 +85,7 @@ def time_once(fn: Callable[[], object], *, busy_retries: int = 0, busy_share: fl
     while not tries or (len(tries) <= busy_retries and tries[-1][1] is not None and tries[-1][1] > busy_share):
         if quiet_wait_seconds > 0:
             wait_for_quiet(quiet_wait_seconds, busy_share)
-        tries.append(timed_run(fn))
+        tries.append(timed_run(fn, min_seconds))
     seconds, other = min(tries, key=lambda t: t[0])
     return seconds, other, len(tries)
 
@@ -88,7 +98,7 @@ def summarise(seconds: list[float], background: list[float | None], tries: list[
 
 def time_interleaved(runs: dict[str, Callable[[], object]], *, repeats: int = 3, warmup: int = 1,
                      busy_retries: int = 0, busy_share: float = 0.1,
-                     quiet_wait_seconds: float = 0.0) -> dict[str, dict]:
+                     quiet_wait_seconds: float = 0.0, min_seconds: float = 0.0) -> dict[str, dict]:
     """Time each callable ``repeats`` times in interleaved rounds, after ``warmup`` untimed rounds.
 
     Args:
@@ -100,6 +110,8 @@ def time_interleaved(runs: dict[str, Callable[[], object]], *, repeats: int = 3,
         busy_share: the share of the machine's CPU above which a run counts as disturbed.
         quiet_wait_seconds: before each timed try, wait up to this long for the other processes'
             share to drop under ``busy_share`` (0: no wait).
+        min_seconds: each timed try calls its callable back to back for at least this long and
+            records the seconds of one call (0: one call).
 
     Returns:
         name -> ``{"seconds": [...], "background_cpu": [...], "tries": [...], "best_seconds",
@@ -112,7 +124,7 @@ def time_interleaved(runs: dict[str, Callable[[], object]], *, repeats: int = 3,
     for _ in range(repeats):
         for name, fn in runs.items():
             rounds[name].append(time_once(fn, busy_retries=busy_retries, busy_share=busy_share,
-                                          quiet_wait_seconds=quiet_wait_seconds))
+                                          quiet_wait_seconds=quiet_wait_seconds, min_seconds=min_seconds))
     out = {}
     for name, timed in rounds.items():
         out[name] = summarise(*(list(column) for column in zip(*timed)))

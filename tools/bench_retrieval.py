@@ -8,7 +8,7 @@ decays like the square root of an eigenvalue spectrum and the class signal ``a_j
 (dim / 16))^-1/2`` sits mostly in the leading 1/16 of the dimensions. Labels are the classes, so
 mAP@R is meaningful and the funnel's quality can be compared with the full length's.
 
-For each index kind (``--index``, default ``flat,ivf``) and each prefix length (powers of two up
+For each index kind (``--index``, default ``flat,ivf``) and each prefix length (powers of two from 4 up
 to ``--dim``) the tool builds the index once (untimed: the prefix, normalisation and index are
 what a deployment would build once per length) and times one search of all queries per round:
 one warm-up round, then ``--repeats`` rounds interleaved across lengths (the funnel included);
@@ -235,7 +235,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--database", type=int, default=100_000, help="database rows")
     p.add_argument("--queries", type=int, default=1_000, help="queries, searched in one batch")
-    p.add_argument("--dim", type=int, default=2_048, help="code length; prefixes are the powers of two up to it")
+    p.add_argument("--dim", type=int, default=2_048, help="code length; prefixes are the powers of two from 4 up to it")
     p.add_argument("--classes", type=int, default=100, help="classes of the synthetic codes")
     p.add_argument("--R", type=int, default=100, help="neighbours per query (mAP@R)")
     p.add_argument("--index", default="flat,ivf", help="comma-separated: flat (always), ivf, hnsw")

@@ -28,8 +28,10 @@ def input_ids(inputs: dict) -> dict:
     return {role: value["id"] for role, value in inputs.items() if isinstance(value, dict) and "id" in value}
 
 
-def check_report_folder(folder: Path, report_file: str, inputs: dict, *, overwrite: bool, out_flag: str) -> None:
-    """Refuse ``folder`` when its ``report_file`` was made from other inputs (unless ``overwrite``).
+def check_report_folder(folder: Path, report_file: str, inputs: dict, *, overwrite: bool, out_flag: str,
+                        lost: Optional[Callable[[dict], list[str]]] = None) -> None:
+    """Refuse ``folder`` when its ``report_file`` was made from other inputs, or measured more
+    than this request would (unless ``overwrite``).
 
     Args:
         folder: where the report would go.
@@ -37,20 +39,29 @@ def check_report_folder(folder: Path, report_file: str, inputs: dict, *, overwri
         inputs: this evaluation's inputs (``{role: {"path", "id", ...}}``).
         overwrite: replace such a report anyway.
         out_flag: the option that picks another folder, for the message (e.g. ``--out``).
+        lost: ``lost(report) -> [what the report there measured that this request would not]``
+            (e.g. "the lengths 4, 8", "the baselines"); a non-empty answer refuses.
 
     Raises:
-        ReportError: naming the folder, the inputs of the report there, and what to do.
+        ReportError: naming the folder, the inputs of the report there (or what would be lost),
+            and what to do.
     """
     existing = folder / report_file
     if overwrite or not existing.is_file():
         return
     try:
-        old = json.loads(existing.read_text()).get("inputs") or {}
+        report = json.loads(existing.read_text())
     except (OSError, ValueError):
-        old = {}
+        report = {}
+    old = report.get("inputs") or {}
     before, now = input_ids(old), input_ids(inputs)
-    if before == now:
-        return  # the same evaluation again: its report is brought up to date
+    if before == now:  # the same evaluation again: brought up to date, unless that narrows it
+        narrower = lost(report) if lost is not None else []
+        if narrower:
+            raise ReportError(f"'{existing}' holds a fuller report of the same inputs: it measured "
+                              f"{' and '.join(narrower)}, which this request would not; it is kept. Pass --overwrite "
+                              f"to replace it with the narrower one, or {out_flag} DIR to write this one elsewhere")
+        return
     listing = "; ".join(f"{role} {old[role].get('path')} ({old[role].get('id', '?')[:23]}...)" for role in before)
     raise ReportError(f"'{existing}' holds a report of other inputs ({listing or 'inputs not recorded'}); it is kept. "
                       f"Pass {out_flag} DIR to write this one elsewhere, or --overwrite to replace it")

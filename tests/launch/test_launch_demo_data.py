@@ -145,11 +145,3 @@ def test_a_run_trained_on_other_data_files_is_refused_before_the_files_are_rebui
     refusal = "holds a run whose data files were not made from this call's --data (as its files are now), --holdout"
     assert refusal in capsys.readouterr().err
     assert (tmp_path / "demo" / "data" / "data-val.beton").stat().st_mtime_ns == before
-
-
-def test_the_demo_scores_code_lengths_from_four_up_to_k_as_the_official_code_does():
-    from launch.cmd_demo import retrieval_lengths
-
-    assert retrieval_lengths(64) == [4, 8, 16, 32, 64]
-    assert retrieval_lengths(100) == [4, 8, 16, 32, 64, 100]
-    assert retrieval_lengths(4) == [4] and retrieval_lengths(3) == [3]

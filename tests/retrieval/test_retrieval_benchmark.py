@@ -33,7 +33,8 @@ def _clustered(n=1200, nq=40, k=32, classes=8, seed=0):
 @pytest.fixture(scope="module")
 def results():
     db, db_labels, q, q_labels = _clustered()
-    return retrieval.run_benchmark(db, db_labels, q, q_labels, R=10, timing=TimingSettings(repeats=1),
+    return retrieval.run_benchmark(db, db_labels, q, q_labels, dims=[1, 2, 4, 8, 16, 32], R=10,
+                                   timing=TimingSettings(min_seconds=0, repeats=1),
                                    baselines=BaselineSettings(random_draws=3, dims="all", query_sample=None))
 
 
@@ -97,12 +98,12 @@ def test_multi_label_memmap_and_torch_run(tmp_path):
     hot = np.eye(8, dtype=bool)
     out = retrieval.run_benchmark(mm, hot[db_labels], q, hot[q_labels], dims=[4, 16], R=5,
                                   search=SearchSettings(backend="torch", device="cpu", memory_budget_bytes=20_000),
-                                  baselines=None, funnel=None, timing=TimingSettings(repeats=1), name="features")
+                                  baselines=None, funnel=None, timing=TimingSettings(min_seconds=0, repeats=1), name="features")
     assert out["labels"]["kind"] == "multi" and out["search"]["backend"] == "torch"
     assert out["timing"]["interleaved"] is False and out["lengths"][1]["index"]["resident"] is False
     assert out["funnel"] is None and out["baselines"] is None and out["speedup_at_1_16"] is None
     single = retrieval.run_benchmark(db, db_labels, q, q_labels, dims=[4, 16], R=5, baselines=None,
-                                     funnel=None, timing=TimingSettings(repeats=1))
+                                     funnel=None, timing=TimingSettings(min_seconds=0, repeats=1))
     for a, b in zip(out["lengths"], single["lengths"]):  # one label per item: the same relevance
         assert a["codes"] == pytest.approx(b["codes"], abs=1e-12)
 
@@ -115,7 +116,8 @@ def _bad(**change):
 
 def _settings(search=None, timing=None, **change):
     """A change to run_benchmark's arguments, with the grouped settings made here (inside pytest.raises)."""
-    return {"search": SearchSettings(**(search or {})), "timing": TimingSettings(**{"repeats": 1, **(timing or {})}),
+    return {"search": SearchSettings(**(search or {})),
+            "timing": TimingSettings(**{"repeats": 1, "min_seconds": 0, **(timing or {})}),
             **change}
 
 
@@ -163,7 +165,7 @@ def test_non_finite_codes_name_the_row(where, value):
     bad[3, 2] = value
     args[where] = bad
     with pytest.raises(ValueError, match=f"{where} row 3 contains NaN or inf"):
-        retrieval.run_benchmark(**args, baselines=None, funnel=None, timing=TimingSettings(repeats=1))
+        retrieval.run_benchmark(**args, baselines=None, funnel=None, timing=TimingSettings(min_seconds=0, repeats=1))
 
 
 def test_retrieval_never_imports_eigenmap_or_launch():
@@ -175,7 +177,7 @@ def test_retrieval_never_imports_eigenmap_or_launch():
 def test_lengths_over_the_budget_are_rebuilt_every_round_and_their_speedups_stay_paired():
     db, db_labels, q, q_labels = _clustered(n=1000, nq=30, k=32)
     # each length fits alone (32 dims: 128,000 bytes), all six together (63 dims) do not
-    args = dict(R=10, baselines=None, timing=TimingSettings(repeats=3))
+    args = dict(R=10, baselines=None, timing=TimingSettings(min_seconds=0, repeats=3))
     tight = retrieval.run_benchmark(db, db_labels, q, q_labels, search=SearchSettings(memory_budget_bytes=160_000),
                                     **args)
     roomy = retrieval.run_benchmark(db, db_labels, q, q_labels, **args)
@@ -208,7 +210,8 @@ def test_chance_is_a_random_rankings_map(results):
 
 def test_baselines_on_a_query_sample_at_chosen_lengths_are_compared_on_the_same_queries(tmp_path):
     db, db_labels, q, q_labels = _clustered(n=800, nq=60, k=16)
-    out = retrieval.run_benchmark(db, db_labels, q, q_labels, R=10, funnel=None, timing=TimingSettings(repeats=1),
+    out = retrieval.run_benchmark(db, db_labels, q, q_labels, dims=[2, 4, 8, 16], R=10, funnel=None,
+                                  timing=TimingSettings(min_seconds=0, repeats=1),
                                   baselines=BaselineSettings(random_draws=2, dims=[2, 16], query_sample=25))
     assert out["baselines"]["dims"] == [2, 16] and out["baselines"]["queries"] == 25
     assert "seeded sample of 25 of the 60 queries" in out["baselines"]["query_sample"]
@@ -226,9 +229,9 @@ def test_baselines_on_a_query_sample_at_chosen_lengths_are_compared_on_the_same_
 def test_timed_rounds_on_a_query_sample_leave_the_scores_on_every_query_and_say_so(tmp_path):
     db, db_labels, q, q_labels = _clustered(n=800, nq=60, k=16)
     common = dict(R=10, baselines=None, funnel=FunnelSettings(short_dim=2, shortlist_size=40))
-    sampled = retrieval.run_benchmark(db, db_labels, q, q_labels, timing=TimingSettings(repeats=2, query_sample=25),
+    sampled = retrieval.run_benchmark(db, db_labels, q, q_labels, timing=TimingSettings(min_seconds=0, repeats=2, query_sample=25),
                                       **common)
-    every = retrieval.run_benchmark(db, db_labels, q, q_labels, timing=TimingSettings(repeats=1, query_sample=None),
+    every = retrieval.run_benchmark(db, db_labels, q, q_labels, timing=TimingSettings(min_seconds=0, repeats=1, query_sample=None),
                                     **common)
     assert sampled["timing"]["queries"] == 25 and every["timing"]["queries"] == 60
     assert sampled["timing"]["query_sample"] == "a seeded sample of 25 of the 60 queries (seed 0)"
@@ -262,7 +265,8 @@ def test_the_report_names_its_inputs_the_chance_level_and_the_speedup_spread(res
 def test_the_plan_comes_first_then_one_line_per_finished_unit(caplog):
     db, db_labels, q, q_labels = _clustered(n=300, nq=10, k=8)
     with caplog.at_level(logging.INFO, logger="retrieval"):
-        retrieval.run_benchmark(db, db_labels, q, q_labels, R=5, timing=TimingSettings(repeats=2),
+        retrieval.run_benchmark(db, db_labels, q, q_labels, dims=[1, 2, 4, 8], R=5,
+                                timing=TimingSettings(min_seconds=0, repeats=2),
                                 baselines=BaselineSettings(random_draws=2, dims="all"))
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("retrieval")]
     plan = next(i for i, line in enumerate(lines) if line.startswith("retrieval plan:"))

@@ -10,13 +10,17 @@ import pytest
 
 from retrieval import BaselineSettings, FunnelSettings, SearchSettings, TimingSettings, parse_bytes
 from retrieval.plan import BASELINE_FLOOR_UNITS, make_plan
-from retrieval.prefix import default_lengths
 from retrieval.progress import Progress, clock
+
+
+def _every_power_of_two(k: int) -> list[int]:
+    """1, 2, 4, ..., k: the plans below are sized on every length from 1 (retrieve's default starts at 4)."""
+    return [1 << i for i in range(k.bit_length())]
 
 
 def _plan(n=200_000, nq=1_000, k=2048, budget=4 << 30, baselines=BaselineSettings(), funnel=(128, 2048, None),
           repeats=3, timing_sample=TimingSettings().query_sample):
-    return make_plan(n=n, nq=nq, k=k, R=100, lengths=default_lengths(k), kind="flat", options={}, budget=budget,
+    return make_plan(n=n, nq=nq, k=k, R=100, lengths=_every_power_of_two(k), kind="flat", options={}, budget=budget,
                      repeats=repeats, funnel=funnel, baselines=baselines, seed=0, timing_sample=timing_sample)
 
 
@@ -39,7 +43,7 @@ def test_auto_baselines_keep_the_whole_benchmark_within_its_bound_of_a_plain_swe
     assert plan.timing_queries == 1000 and len(plan.timing_query_ids) == 1000
     assert plan.total_units() <= 2.5 * plan.plain_units()  # the default bound, sweep and baselines together
     assert plan.sweep_units() < 1.5 * plan.plain_units()  # timing a sample costs a fraction of the scoring
-    assert plan.baseline_dims == default_lengths(2048)  # the bound leaves room for every length here
+    assert plan.baseline_dims == _every_power_of_two(2048)  # the bound leaves room for every length here
     assert plan.baseline_queries == 1000 and len(plan.baseline_query_ids) == 1000
     assert sorted(set(plan.baseline_query_ids)) == list(plan.baseline_query_ids)
     assert set(plan.baseline_query_ids) != set(plan.timing_query_ids)  # two seeded streams
@@ -51,7 +55,7 @@ def test_auto_baselines_keep_the_whole_benchmark_within_its_bound_of_a_plain_swe
     # baselines get their fixed allowance, at the shortest lengths first
     small = _plan()
     assert small.timing_query_ids is None and small.baseline_query_ids is None
-    assert small.baseline_dims == default_lengths(2048)[: len(small.baseline_dims)]
+    assert small.baseline_dims == _every_power_of_two(2048)[: len(small.baseline_dims)]
     assert 0 < len(small.baseline_dims) < 12 and small.baseline_units() <= BASELINE_FLOOR_UNITS
     # fewer queries still: the PCA is fitted on fewer rows, never under 10 rows per dimension;
     # when even that fit would take over half the allowance PCA is left out
@@ -73,7 +77,7 @@ def test_an_imagenet_sized_default_plan_stays_within_the_bound_with_indexes_rebu
 
 
 def test_asked_baseline_lengths_are_kept_and_checked():
-    assert _plan(baselines=BaselineSettings(dims="all")).baseline_dims == default_lengths(2048)
+    assert _plan(baselines=BaselineSettings(dims="all")).baseline_dims == _every_power_of_two(2048)
     assert _plan(baselines=BaselineSettings(dims=[512, 8])).baseline_dims == [8, 512]
     with pytest.raises(ValueError, match=r"baseline dims \[7\] are not among the benchmarked lengths"):
         _plan(baselines=BaselineSettings(dims=[7, 8]))

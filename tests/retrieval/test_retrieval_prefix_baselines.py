@@ -10,10 +10,12 @@ from retrieval.baselines import fit_pca, pca_view, random_subset, subset_view
 from retrieval.prefix import default_lengths, prefix_codes, prefix_view, resolve_lengths
 
 
-def test_default_lengths_are_powers_of_two_and_the_full_length():
-    assert default_lengths(2048) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
-    assert default_lengths(100) == [1, 2, 4, 8, 16, 32, 64, 100]
-    assert default_lengths(1) == [1]
+def test_default_lengths_are_powers_of_two_from_four_as_the_official_code_scores_them_and_the_full_length():
+    assert default_lengths(2048) == [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+    assert default_lengths(100) == [4, 8, 16, 32, 64, 100]
+    assert default_lengths(64) == [4, 8, 16, 32, 64]
+    assert default_lengths(4) == [4] and default_lengths(3) == [3] and default_lengths(1) == [1]
+    assert resolve_lengths([1, 2], 64) == [1, 2]  # shorter lengths when asked
     assert resolve_lengths([64, 8, 8], 64) == [8, 64]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from retrieval.timing import time_interleaved, timed_run, wait_for_quiet
 
 
@@ -24,3 +26,14 @@ def test_a_short_run_reports_no_background_share_and_waiting_can_give_up():
     assert seconds >= 0 and other is None  # far below the 1/100 s tick of /proc/stat
     t0 = time.monotonic()
     assert wait_for_quiet(0.0, busy_share=0.1) is False and time.monotonic() - t0 < 0.5
+
+
+def test_a_timed_run_repeats_a_short_call_for_its_minimum_duration_and_gives_the_seconds_of_one_call():
+    calls = []
+    t0 = time.perf_counter()
+    seconds, _ = timed_run(lambda: (calls.append(1), time.sleep(0.01)), min_seconds=0.2)
+    wall = time.perf_counter() - t0
+    assert wall >= 0.2 and len(calls) >= 10  # back to back until the minimum passed
+    assert seconds == pytest.approx(wall / len(calls), rel=0.2) and 0.01 <= seconds < 0.05
+    out = time_interleaved({"a": lambda: time.sleep(0.005)}, repeats=2, warmup=0, min_seconds=0.05)
+    assert all(0.005 <= s < 0.02 for s in out["a"]["seconds"])  # each round: one call's seconds
