@@ -112,14 +112,21 @@ def _config_summary(cfg) -> list[str]:
         f"| projector | {m.projector_hidden_dim} hidden -> k = {m.projector_out_dim} outputs |",
         f"| objective | {loss} |",
         f"| optimiser | {o.name}, peak lr {cfg.derived.lr:.4g} (base {o.base_lr} per 256), "
-        f"{plural(o.warmup_epochs, 'warm-up epoch')}, cosine to {o.final_lr_ratio:g} x, "
-        f"weight decay {o.weight_decay:g} |",
+        f"{_warmup_words(cfg)}, cosine to {o.final_lr_ratio:g} x, weight decay {o.weight_decay:g} |",
         f"| data | `{d.train_path}`, {d.resolution} px crops, batch {d.batch_size_per_worker} per worker |",
         f"| workers | {di.num_workers} x ({di.cpus_per_worker} CPU, {di.gpus_per_worker:g} GPU), global batch "
         f"{cfg.derived.global_batch_size}, precision {di.precision}, ZeRO {di.zero_stage} |",
         f"| length | {_length_words(cfg)} |",
         f"| seed | {t.seed} |",
     ]
+
+
+def _warmup_words(cfg) -> str:
+    """The warm-up the run had: its planned steps (with train.max_steps, optim.warmup_epochs is a
+    share of the run, not a count of epochs), or the config's epochs before the run is planned."""
+    if cfg.derived.warmup_steps is not None:
+        return f"linear warm-up over {plural(cfg.derived.warmup_steps, 'step')}"
+    return plural(cfg.optim.warmup_epochs, "warm-up epoch")
 
 
 def _length_words(cfg) -> str:
@@ -136,8 +143,10 @@ def _training_section(run_dir: Path, rows: list[dict], status: Optional[dict], r
     lines = ["## Training", ""]
     if status:
         step, total = status.get("step"), status.get("total_steps")
+        message = status.get("message", "").strip()
         lines.append(f"Status: **{status.get('status')}** at step {step} of {total} planned"
-                     f"{_epoch_words(step, total, steps_per_epoch)}. {status.get('message', '')}")
+                     f"{_epoch_words(step, total, steps_per_epoch)}." + (f" Its status message: \"{message}\"."
+                                                                          if message else ""))
     attempts = RunDir(run_dir).read_attempts()
     if attempts:
         lines.append(_attempts_words([a.get("resumed_from_step") for a in attempts]))

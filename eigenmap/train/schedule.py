@@ -149,6 +149,6 @@ def plan_in_words(cfg: Config) -> str:
              f"{peak * plan.final_lr_ratio:.4g} ({plan.final_lr_ratio:g} x the peak) at the last step")
     if loss.name == "neuralef" and loss.alpha_final is not None:
         begin = round(loss.alpha_ramp_start * (plan.total_steps - 1))
-        words += (f"; NeuralEF's alpha {loss.alpha:g} until step {begin}, then linearly to {loss.alpha_final:g} at "
-                  "the last step")
+        held = f"{loss.alpha:g} until step {begin}, then" if begin > 0 else f"{loss.alpha:g} at the first step,"
+        words += f"; NeuralEF's alpha {held} linearly to {loss.alpha_final:g} at the last step"
     return words

@@ -131,3 +131,19 @@ def test_the_step_plan_reads_the_derived_plan_and_refuses_a_config_without_one()
     assert plan.lr_factor(119) == pytest.approx(cfg.optim.final_lr_ratio)
     with pytest.raises(ValueError, match="load_train_config"):
         StepPlan.of(resolve(from_dict({})))
+
+
+def test_the_plan_in_words_names_where_alpha_starts_and_the_report_gives_the_warmup_in_steps():
+    from eigenmap.config import from_dict, resolve
+    from eigenmap.train.schedule import plan_in_words
+    from launch.report import _config_summary
+
+    def planned(ramp_start: float):
+        return resolve(from_dict({"train": {"epochs": 100, "max_steps": 150}, "optim": {"warmup_epochs": 10},
+                                  "loss": {"alpha": 0.04, "alpha_final": 0.16, "alpha_ramp_start": ramp_start}}),
+                       steps_per_epoch=50)
+
+    assert "alpha 0.04 at the first step, linearly to 0.16 at the last step" in plan_in_words(planned(0.0))
+    assert "alpha 0.04 until step 74, then linearly to 0.16" in plan_in_words(planned(0.5))  # 0.5 x 149
+    optimiser = next(row for row in _config_summary(planned(0.0)) if row.startswith("| optimiser"))
+    assert "linear warm-up over 15 steps" in optimiser and "epoch" not in optimiser  # 10 of 100 epochs' share of 150
