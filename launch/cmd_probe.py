@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         sets = describe(args.train, "--train"), describe(args.val, "--val")
         loaded = load_run(args.run, device=device) if args.run is not None else None
         classes = check_pair(*sets, CONSEQUENCE)
+        warnings = _pair_warnings(*sets)
+        for warning in warnings:
+            print(f"eigenmap probe: warning: {warning}", file=sys.stderr)
         for inp in sets:
             if not args.knn_only:  # kNN runs on whichever of features and codes a folder holds
                 require_arrays(inp, "features")
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                "weights": str(loaded.weights) if loaded else None,
                "arch": loaded.config.model.arch if loaded else None, "loss": loaded.config.loss.name if loaded else None,
                "inputs": inputs, "train": _describe(arrays[0], sets[0]), "val": _describe(arrays[1], sets[1]),
-               "device": str(device), **figures}
+               "device": str(device), "warnings": warnings, **figures}
     text = json.dumps(figures, indent=1) + "\n"
     publish_report(folder, lambda tmp: (tmp / "probe.json").write_text(text))
     if args.json:
@@ -118,6 +121,16 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(text)
     _print(figures, folder / "probe.json")
     return 0
+
+
+def _pair_warnings(train, val) -> list[str]:
+    """What looks wrong with a pair that is still valid: a training set smaller than the validation
+    set is most often the two swapped (the probe then learns from the held-out images)."""
+    if train.num_images < val.num_images:
+        return [f"the training set --train '{train.path}' ({train.num_images:,} images) is smaller than the "
+                f"validation set --val '{val.path}' ({val.num_images:,}): were the two swapped? The probe trains on "
+                "--train and reports accuracy on --val"]
+    return []
 
 
 def _load(sets, loaded, args: argparse.Namespace, device, load_arrays) -> tuple:
