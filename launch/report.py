@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from eigenmap.config import load_config
-from eigenmap.eval.spectrum import eigenvalue_order
+from eigenmap.eval.spectrum import eigenvalue_order, spectrum_figure
 from eigenmap.run_dir import load_run
 from eigenmap.run_layout import RunDir
 from eigenmap.train.schedule import plan_in_words, plural
@@ -80,25 +80,6 @@ def _plot_series(ax, steps: list[int], rows: list[dict], series: list[tuple[str,
         if all(v is not None for v in values):
             handles += ax.plot(steps, values, label=label, linewidth=1.4, color=f"C{first_colour + j}")
     return handles
-
-
-def plot_spectrum(eigenvalues: np.ndarray, path: Path) -> None:
-    """The eigenvalue estimates in output order (what a prefix keeps) and sorted."""
-    fig = Figure(figsize=(8, 4.5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    index = np.arange(1, len(eigenvalues) + 1)
-    ax.plot(index, eigenvalues, ".-", markersize=3, linewidth=1, label="estimate of output j (output order)")
-    ax.plot(index, np.sort(eigenvalues)[::-1], "--", linewidth=1, label="the same, sorted (decreasing)")
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("output index j (log2 scale): a code of length m keeps j <= m")
-    ax.set_ylabel("eigenvalue estimate (L2-BatchNorm EMA)")
-    ax.set_title("Eigenvalue spectrum of the trained eigenfunctions", fontsize=11)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
 
 
 def _config_summary(cfg) -> list[str]:
@@ -192,7 +173,7 @@ def _spectrum_section(run_dir: Path, report: Path) -> tuple[list[str], Optional[
         return (["## Eigenvalue spectrum", "", "Not an eigenfunction objective: no eigenvalue estimates.", ""],
                 None, False)
     ev = stats.eigenvalues.numpy()
-    plot_spectrum(ev, report / "spectrum.png")
+    spectrum_figure(ev).savefig(report / "spectrum.png")
     order = eigenvalue_order(ev)
     return ["## Eigenvalue spectrum", "",
             f"{len(ev)} eigenvalue estimates after {stats.num_updates} updates; first eight: "

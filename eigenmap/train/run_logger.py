@@ -9,8 +9,8 @@ TensorBoard tags (read back by the tests):
   ``train/online_acc``, ``train/lr``: at log steps;
 - ``perf/images_per_sec_per_worker``, ``perf/images_per_sec``: source images (each gives two
   views) per second over the last log window;
-- ``spectrum/eigenvalues`` (histogram) and ``spectrum/eigenvalues_plot`` (line plot image):
-  the L2-BatchNorm running eigenvalue estimates, every epoch.
+- ``spectrum/eigenvalues`` (histogram) and ``spectrum/eigenvalues_plot`` (the run report's
+  spectrum plot as an image): the L2-BatchNorm running eigenvalue estimates, every epoch.
 """
 
 from __future__ import annotations
@@ -26,50 +26,13 @@ import numpy as np
 import torch
 
 from eigenmap.durable import atomic_write_text
+from eigenmap.eval.spectrum import spectrum_figure
 from eigenmap.run_layout import RunDir
 
-__all__ = ["RunLogger", "spectrum_plot", "keep_rows_up_to"]
+__all__ = ["RunLogger", "keep_rows_up_to"]
 
 SCALAR_TAGS = {"objective": "train/objective", "loss": "train/loss", "reg": "train/reg", "alpha": "train/alpha",
                "total": "train/total", "cls_loss": "train/cls_loss", "acc": "train/online_acc", "lr": "train/lr"}
-
-
-def spectrum_plot(eigenvalues: np.ndarray, height: int = 240, width: int = 400) -> np.ndarray:
-    """A line plot of ``eigenvalues`` against their index as an RGB image [H, W, 3] uint8.
-
-    Drawn with PIL (matplotlib is not a dependency): axes box, a dashed zero line, the curve.
-    """
-    from PIL import Image, ImageDraw
-
-    ev = np.asarray(eigenvalues, dtype=np.float64).ravel()
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    left, right, top, bottom = 44, width - 10, 14, height - 22
-    draw.rectangle([left, top, right, bottom], outline="black")
-    if ev.size == 0 or not np.isfinite(ev).any():
-        return np.asarray(img)
-    ev = np.where(np.isfinite(ev), ev, 0.0)
-    lo, hi = min(ev.min(), 0.0), max(ev.max(), 1e-12)
-    span = hi - lo or 1.0
-
-    def y(v: float) -> float:
-        return bottom - (v - lo) / span * (bottom - top)
-
-    xs = np.linspace(left, right, num=ev.size) if ev.size > 1 else np.array([(left + right) / 2])
-    if lo < 0 < hi:
-        for x0 in range(left, right, 8):
-            draw.line([(x0, y(0.0)), (min(x0 + 4, right), y(0.0))], fill=(150, 150, 150))
-    pts = [(float(x), float(y(v))) for x, v in zip(xs, ev)]
-    if len(pts) > 1:
-        draw.line(pts, fill=(31, 119, 180), width=2)
-    else:
-        draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=(31, 119, 180))
-    draw.text((2, top - 4), f"{hi:.3g}", fill="black")
-    draw.text((2, bottom - 8), f"{lo:.3g}", fill="black")
-    draw.text((left, bottom + 4), "1", fill="black")
-    draw.text((right - 30, bottom + 4), f"{ev.size}", fill="black")
-    draw.text((width // 2 - 40, bottom + 4), "eigenvalue index", fill="black")
-    return np.asarray(img)
 
 
 def keep_rows_up_to(path: Path, step: int) -> None:
@@ -177,7 +140,7 @@ class RunLogger:
             return
         ev = eigenvalues.detach().float().cpu().numpy()
         self.writer.add_histogram("spectrum/eigenvalues", ev, step)
-        self.writer.add_image("spectrum/eigenvalues_plot", spectrum_plot(ev), step, dataformats="HWC")
+        self.writer.add_figure("spectrum/eigenvalues_plot", spectrum_figure(ev), step)  # the run report's plot
 
     def close(self) -> None:
         if self.bar is not None:
