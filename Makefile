@@ -17,7 +17,7 @@ PIP_INSTALL = $(PIP) install --disable-pip-version-check --progress-bar off
 PIP_QUIET = >> $(PIP_LOG) 2>&1 || { tail -n 40 $(PIP_LOG) >&2; \
 	echo "setup: pip failed (above: the end of its output; all of it: $(PIP_LOG))" >&2; exit 1; }
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test test-fast demo clean-venv
 setup: $(VENV)/.installed
 
 $(VENV)/.apt-done:
@@ -43,6 +43,11 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.apt-done $(VENV)/bin/python
 
 test: setup
 	bash tools/run_tests.sh $(PYTEST_ARGS)
+
+# the unit lane: every test not marked slow or multiprocess (no Ray, no DeepSpeed group, no
+# training run); `make test` still runs everything
+test-fast: setup
+	bash tools/run_tests.sh -m "not slow and not multiprocess" $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/eigenmap demo
