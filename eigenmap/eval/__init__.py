@@ -7,10 +7,5 @@
 - :mod:`eigenmap.eval.spectrum`: how well the outputs are ordered by eigenvalue.
 """
 
-from eigenmap.eval.features import FeatureError, FeatureSet, extract_features, feature_folder, load_features
-from eigenmap.eval.knn import knn_predict, knn_top1
-from eigenmap.eval.linear_probe import ProbeResult, Standardiser, topk_accuracy, train_probe
-from eigenmap.eval.spectrum import eigenvalue_order, spearman
-
-__all__ = ["FeatureError", "FeatureSet", "extract_features", "feature_folder", "load_features", "knn_predict",
-           "knn_top1", "ProbeResult", "Standardiser", "topk_accuracy", "train_probe", "eigenvalue_order", "spearman"]
+# No re-exports: importing one module of the package (the training worker's spectrum plot) must not
+# import the others (FAISS, the extraction machinery).
