@@ -167,3 +167,24 @@ def test_verdicts_are_level_within_two_percent_of_the_baseline_or_its_own_spread
     assert verdict(0.290, 0.300)["difference"] == pytest.approx(-0.01)
     assert verdict(0.290, 0.300, spread=0.012)["verdict"] == "level"  # within the draws' standard deviation
     assert verdict(0.285, 0.300, spread=0.012)["verdict"] == "behind"
+
+
+def test_the_readme_demo_quote_is_generated_from_the_runs_report_in_its_own_words(tmp_path):
+    from script_loader import load_script
+
+    run_dir = _run_dir(tmp_path, leading_signal=True, eigenvalues=np.linspace(0.95, 0.05, K))
+    report = write_run_report(run_dir).read_text()
+    (run_dir / "demo.json").write_text(json.dumps({"stage_seconds": {"train": 300.0, "retrieval": 20.5},
+                                                   "device": "cpu (2 cores)"}))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- demo-quote:start -->\nold words\n<!-- demo-quote:end -->\nrest\n")
+    tool = load_script("tools/demo_quote.py")
+    assert tool.main([str(run_dir), "--readme", str(readme), "--date", "2026-12-07",
+                      "--json", str(tmp_path / "q.json")]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- demo-quote:start -->\n> **Eigenvalue order:**") and text.endswith("rest\n")
+    quoted = [line[2:] for line in text.splitlines() if line.startswith("> - m = ")]
+    assert quoted and all(line in report for line in quoted)  # the report's own lines, m <= k/4 only
+    assert [line.split()[3] for line in quoted] == ["4", "8"] and "old words" not in text
+    figures = json.loads((tmp_path / "q.json").read_text())
+    assert figures["demo_seconds"] == 320.5 and figures["steps"] == "20" and "2026-12-07" in text
