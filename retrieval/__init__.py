@@ -21,36 +21,27 @@ public for other uses:
 - :mod:`retrieval.report`: JSON, markdown table, PNG plots.
 """
 
-from .backend import Backend, resolve_backend
-from .baselines import fit_pca, pca_view, random_subset, subset_view
-from .benchmark import run_benchmark
-from .funnel import Funnel
-from .index import build_index, search
-from .metrics import prepare_labels, retrieval_metrics
-from .prefix import default_lengths, prefix_codes, prefix_view
-from .report import write_report
-from .settings import BaselineSettings, FunnelSettings, SearchSettings, TimingSettings, parse_bytes
+import importlib
 
-__all__ = [
-    "Backend",
-    "BaselineSettings",
-    "Funnel",
-    "FunnelSettings",
-    "build_index",
-    "default_lengths",
-    "fit_pca",
-    "pca_view",
-    "prefix_codes",
-    "prefix_view",
-    "prepare_labels",
-    "random_subset",
-    "resolve_backend",
-    "retrieval_metrics",
-    "run_benchmark",
-    "parse_bytes",
-    "search",
-    "SearchSettings",
-    "subset_view",
-    "TimingSettings",
-    "write_report",
-]
+# name -> the module defining it, imported on first use: ``import retrieval.progress`` (the training
+# worker's clock) must not load FAISS and the benchmark with the package
+_EXPORTS = {
+    "Backend": "backend", "resolve_backend": "backend",
+    "fit_pca": "baselines", "pca_view": "baselines", "random_subset": "baselines", "subset_view": "baselines",
+    "run_benchmark": "benchmark", "Funnel": "funnel", "build_index": "index", "search": "index",
+    "prepare_labels": "metrics", "retrieval_metrics": "metrics",
+    "default_lengths": "prefix", "prefix_codes": "prefix", "prefix_view": "prefix", "write_report": "report",
+    "BaselineSettings": "settings", "FunnelSettings": "settings", "SearchSettings": "settings",
+    "TimingSettings": "settings", "parse_bytes": "settings",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

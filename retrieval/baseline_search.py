@@ -53,8 +53,8 @@ def run_baselines(database, queries: np.ndarray, plan: Plan, options: dict, scor
     if plan.pca:
         t0 = time.perf_counter()
         pca = fit_pca(database, max_rows=plan.pca_fit_rows, seed=seed)
-        progress.done(plan.fit_units(), "baselines: PCA fitted on %d rows in %.1f s", pca.fit_rows,
-                      time.perf_counter() - t0)
+        progress.update(plan.fit_units(), "baselines: PCA fitted on %d rows in %.1f s"
+                        % (pca.fit_rows, time.perf_counter() - t0))
     out = {}
     for m in plan.baseline_dims:
         codes = {key: value if ids is None else value[ids] for key, value in codes_per_query[m].items()}
@@ -66,16 +66,17 @@ def run_baselines(database, queries: np.ndarray, plan: Plan, options: dict, scor
             pca_scores = score(*index.search(pca_view(q, pca, m)[0 : len(q)], plan.R))
             del index
             out[m]["pca"] = {**mean_metrics(pca_scores), **_paired([pca_scores], codes)}
-            progress.done(plan.pca_units(m), "baselines, length %d: PCA mAP@%d %.4f in %.1f s (prefix %.4f, random "
-                          "%.4f on the same queries)", m, plan.R, out[m]["pca"]["map"], time.perf_counter() - t0,
-                          out[m]["codes_on_baseline_queries"]["map"], out[m]["random_subset"]["map_mean"])
+            progress.update(plan.pca_units(m), "baselines, length %d: PCA mAP@%d %.4f in %.1f s (prefix %.4f, random "
+                            "%.4f on the same queries)" % (m, plan.R, out[m]["pca"]["map"], time.perf_counter() - t0,
+                                                            out[m]["codes_on_baseline_queries"]["map"],
+                                                            out[m]["random_subset"]["map_mean"]))
     return out
 
 
 def _random_draws(database, q, m, plan, options, score, codes, progress, seed) -> list[dict]:
     """Per-query metrics of each random draw at length ``m``, one index at a time."""
     if m == plan.k:  # every k-subset is the whole code, re-ordered: the cosine is the codes' own
-        progress.done(0.0, "baselines, length %d: every random %d-subset is the code itself", m, m)
+        progress.update(0.0, f"baselines, length {m}: every random {m}-subset is the code itself")
         return [codes] * plan.random_draws
     draws = []
     for draw in range(plan.random_draws):
@@ -84,8 +85,9 @@ def _random_draws(database, q, m, plan, options, score, codes, progress, seed) -
         index = build_index(subset_view(database, columns), **options)  # in memory if it fits, else streamed
         draws.append(score(*index.search(l2_normalize(q[:, columns]), plan.R)))
         del index
-        progress.done(plan.draw_units(m), "baselines, length %d: random subset %d of %d, mAP@%d %.4f in %.1f s",
-                      m, draw + 1, plan.random_draws, plan.R, float(draws[-1]["ap"].mean()), time.perf_counter() - t0)
+        progress.update(plan.draw_units(m), "baselines, length %d: random subset %d of %d, mAP@%d %.4f in %.1f s"
+                        % (m, draw + 1, plan.random_draws, plan.R, float(draws[-1]["ap"].mean()),
+                           time.perf_counter() - t0))
     return draws
 
 

@@ -92,18 +92,17 @@ def run_sweep(database, queries: np.ndarray, plan: Plan, options: dict, timing: 
                         timed, score)
             where = f"sweep {label}, length {m} ({i + 1} of {len(plan.lengths)})"
             if r == 0:
-                progress.done(plan.length_units(m, r), "%s: built in %.1f s, mAP@%d %.4f", where,
-                              first[m]["build_seconds"], plan.R, float(first[m]["per_query"]["ap"].mean()))
+                progress.update(plan.length_units(m, r), "%s: built in %.1f s, mAP@%d %.4f"
+                                % (where, first[m]["build_seconds"], plan.R, float(first[m]["per_query"]["ap"].mean())))
             else:
-                progress.done(plan.length_units(m, r), "%s: %.3f s%s", where, rounds[m].seconds[-1],
-                              _load(rounds[m].background[-1]))
+                progress.update(plan.length_units(m, r),
+                                f"{where}: {rounds[m].seconds[-1]:.3f} s{_load(rounds[m].background[-1])}")
         if plan.funnel is not None:
             funnel_first, funnel_held = _funnel_round(database, queries if r == 0 else sample, plan, options, held,
                                                       funnel_held, funnel_first, funnel_rounds, r, timed, score)
             detail = (f"mAP@{plan.R} {float(funnel_first['per_query']['ap'].mean()):.4f}" if r == 0 else
                       f"{funnel_rounds.seconds[-1]:.3f} s{_load(funnel_rounds.background[-1])}")
-            progress.done(plan.funnel_units(r), "sweep %s, funnel %d -> %d: %s", label, plan.funnel[0],
-                          plan.funnel[1], detail)
+            progress.update(plan.funnel_units(r), f"sweep {label}, funnel {plan.funnel[0]} -> {plan.funnel[1]}: {detail}")
     measured = {m: Measured(first[m]["info"], first[m]["build_seconds"], first[m]["per_query"], rounds[m].summary())
                 for m in plan.lengths}
     funnel = None

@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 import torch
 
-from eigenmap.progress import Progress
+from retrieval.progress import Progress
 
 
 __all__ = ["knn_predict", "knn_top1", "knn_report", "database_block_rows", "DEFAULT_MEMORY_BUDGET_BYTES",

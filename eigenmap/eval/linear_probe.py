@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from eigenmap.progress import Progress
+from retrieval.progress import Progress
 
 
 __all__ = ["ProbeResult", "Standardiser", "train_probe", "topk_accuracy"]

@@ -15,7 +15,6 @@ TensorBoard tags (read back by the tests):
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 import time
@@ -27,6 +26,7 @@ import torch
 
 from eigenmap.durable import atomic_write_text
 from eigenmap.eval.spectrum import spectrum_figure
+from retrieval.progress import clock
 from eigenmap.run_layout import RunDir
 
 __all__ = ["RunLogger", "keep_rows_up_to"]
@@ -132,7 +132,7 @@ class RunLogger:
             eta = (time.perf_counter() - self.started) / max(done, 1) * (self.total_steps - step)
             print(f"train: step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) epoch {shown_epoch} "
                   f"objective {objective:.4g} images/s {total_rate:.0f} "
-                  f"ETA {datetime.timedelta(seconds=round(eta))}", file=sys.stderr, flush=True)
+                  f"ETA {clock(eta)}", file=sys.stderr, flush=True)
 
     def spectrum(self, step: int, eigenvalues: Optional[torch.Tensor]) -> None:
         """The running eigenvalue estimates as a histogram and a line plot image."""

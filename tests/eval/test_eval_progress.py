@@ -9,7 +9,7 @@ import numpy as np
 
 from eigenmap.eval.knn import knn_predict
 from eigenmap.eval.linear_probe import train_probe
-from eigenmap.progress import Progress, format_seconds
+from retrieval.progress import Progress, clock
 
 
 def _lines(caplog, name: str) -> list[str]:
@@ -28,7 +28,7 @@ def test_progress_lines_are_plain_text_with_an_estimate_and_rate_limited(caplog)
     assert lines[0].startswith("work: 1/50 units (2%), ") and "left" in lines[0] and lines[0].endswith("; detail 1")
     assert lines[1].startswith("work: 50/50 units (100%), ") and lines[1].endswith("; detail 50")
     assert not any(c in "".join(lines) for c in "\r\x1b")
-    assert format_seconds(3725.2) == "1 h 2 m" and format_seconds(75) == "1 m 15 s"
+    assert clock(3725.2) == "1:02:05" and clock(75) == "1:15"
 
 
 def test_knn_logs_each_database_block_with_an_estimate(caplog):

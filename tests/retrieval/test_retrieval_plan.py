@@ -122,14 +122,17 @@ def test_memory_sizes_read_with_their_units():
             parse_bytes(bad)
 
 
-def test_progress_lines_are_plain_with_elapsed_and_time_left(caplog):
+def test_planned_work_progress_logs_every_unit_with_the_share_done_and_the_probes_rate_first(caplog):
     log = logging.getLogger("test.progress")
-    progress = Progress(total_units=10, seconds_per_unit=2.0, log=log)
+    progress = Progress(10, "retrieval", every_seconds=0, terminal=False, logger=log, seconds_per_unit=2.0,
+                        counted=False)
     with caplog.at_level(logging.INFO, logger="test.progress"):
-        progress.done(0, "starting")
-        progress.done(5, "half of it: %d", 5)
-    first, second = (r.getMessage() for r in caplog.records)
-    assert first.startswith("starting | elapsed 0:00, about 0:20 left")  # the probe's rate: 10 units x 2 s
-    assert second.startswith("half of it: 5 | elapsed ") and "left" in second
+        progress.update(0, "starting")
+        progress.update(5, "half of it: 5")
+        progress.update(5, "the rest")
+    first, second, third = (r.getMessage() for r in caplog.records)
+    assert first == "retrieval: 0%, 0:00 elapsed, about 0:20 left; starting"  # the probe's rate: 10 units x 2 s
+    assert second.startswith("retrieval: 50%, ") and "left" in second and second.endswith("; half of it: 5")
+    assert third.startswith("retrieval: 100%, ") and "left" not in third  # the last unit is logged too
     assert "\r" not in first + second and "\x1b" not in first + second
     assert clock(59) == "0:59" and clock(3723) == "1:02:03"
