@@ -126,34 +126,10 @@ def _betons(args: argparse.Namespace, data_dir: Path) -> tuple[Path, Path]:
     return data_dir / f"{args.data.name}-train.beton", data_dir / f"{args.data.name}-val.beton"
 
 
-def _data_is_current(args: argparse.Namespace, data_dir: Path, key: dict) -> bool:
+def _data_is_current(data_dir: Path, key: dict) -> bool:
     """Whether the data files in ``data_dir`` were made from ``key`` (:func:`_data_key`)."""
     key_file = data_dir / DATA_KEY
-    if key_file.is_file():
-        return json.loads(key_file.read_text()) == key
-    return _made_before_keys_were_kept(args, data_dir, key)
-
-
-def _made_before_keys_were_kept(args: argparse.Namespace, data_dir: Path, key: dict) -> bool:
-    """Whether files an earlier version wrote without a key match ``key`` as far as their
-    manifests tell: the source folder, the stored size, and no source file newer than the file.
-    A seeded holdout is not in a manifest, so files split by one are never taken as current."""
-    from eigenmap.data import manifest_path, read_manifest
-
-    if args.data is None:
-        sources = (FASHION_MNIST, FASHION_MNIST)
-    elif key["val"] is not None:
-        sources = (args.data / key["train"], args.data / key["val"])
-    else:
-        return False
-    for src, beton in zip(sources, _betons(args, data_dir)):
-        if not (beton.is_file() and manifest_path(beton).is_file()):
-            return False
-        made = read_manifest(beton)
-        if (Path(made["source"]).resolve() != src.resolve() or made.get("max_resolution") != key["longest_side"]
-                or key["contents"]["newest_mtime_ns"] > beton.stat().st_mtime_ns):
-            return False
-    return True
+    return key_file.is_file() and json.loads(key_file.read_text()) == key
 
 
 def _prepare_data(args: argparse.Namespace, eigenmap, cfg, key: dict | None = None,
@@ -165,7 +141,7 @@ def _prepare_data(args: argparse.Namespace, eigenmap, cfg, key: dict | None = No
     from eigenmap.data import read_manifest
 
     data_dir, key = args.out_dir / "data", key or _data_key(args, cfg)
-    reuse = _data_is_current(args, data_dir, key) if current is None else current
+    reuse = _data_is_current(data_dir, key) if current is None else current
     seed, longest = cfg.train.seed, key["longest_side"]
     train_beton, val_beton = _betons(args, data_dir)
     if args.data is None:
@@ -253,13 +229,13 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.out_dir / "run"
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    current = _data_is_current(args, args.out_dir / "data", key)
+    current = _data_is_current(args.out_dir / "data", key)
     if run_dir.exists() and not current:
         # the data files are about to be rebuilt from other images: the run would be evaluated on them
         print(f"eigenmap demo: error: '{run_dir}' holds a run whose data files were not made from this call's "
-              "--data (as its files are now), --holdout and seed, or were split by a holdout before "
-              f"{args.out_dir / 'data' / DATA_KEY} recorded it; pass --fresh to train it again on this data, or "
-              "another --out-dir", file=sys.stderr)
+              f"--data (as its files are now), --holdout and seed ({args.out_dir / 'data' / DATA_KEY} records what "
+              "they were made from); pass --fresh to train it again on this data, or another --out-dir",
+              file=sys.stderr)
         return 2
     train_beton, val_beton, statement, manifest = _prepare_data(args, eigenmap, cfg, key, current)
     seconds["prepare data"] = time.perf_counter() - started

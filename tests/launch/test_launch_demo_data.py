@@ -11,8 +11,7 @@ from PIL import Image
 
 from eigenmap.data import read_manifest, write_beton
 from eigenmap.config import load_config
-from launch.cmd_demo import (DATA_KEY, DEMO_CONFIG, _data_is_current, _data_key, _fitted_batch, _prepare_data,
-                             _split_by_holdout)
+from launch.cmd_demo import DEMO_CONFIG, _fitted_batch, _prepare_data, _split_by_holdout
 
 
 def _folder(root, sizes: dict[str, int]):
@@ -113,26 +112,6 @@ def test_a_changed_holdout_or_source_rebuilds_the_data_files_instead_of_reusing_
     other = _folder(tmp_path / "elsewhere" / "data", {"a": 4, "b": 4, "c": 4})
     train, _, _ = _prepare(tmp_path, other, holdout=0.25)
     assert train["classes"] == ["a", "b", "c"] and train["num_images"] == 9
-
-
-def test_files_made_before_data_keys_were_kept_are_reused_unless_split_by_a_holdout_or_older_than_an_image(tmp_path):
-    # an earlier version wrote no data_key.json: `make demo` again must not refuse its own Fashion-MNIST run
-    for split in ("train", "val"):
-        _folder(tmp_path / "tree" / split, {"a": 3, "b": 3})
-    _folder(tmp_path / "flat", {"a": 5, "b": 5})
-    from launch.cli import main as eigenmap
-    cfg = load_config(DEMO_CONFIG, [])
-    current = []
-    for data in (tmp_path / "tree", tmp_path / "flat"):
-        out = tmp_path / f"demo-{data.name}"
-        args = argparse.Namespace(data=data, out_dir=out, holdout=0.2)
-        _prepare_data(args, eigenmap, cfg)
-        (out / "data" / DATA_KEY).unlink()
-        current.append(_data_is_current(args, out / "data", _data_key(args, cfg)))
-    assert current == [True, False]  # the holdout drawn is not in a manifest
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "tree" / "val" / "a" / "late.png")
-    args = argparse.Namespace(data=tmp_path / "tree", out_dir=tmp_path / "demo-tree", holdout=0.2)
-    assert not _data_is_current(args, tmp_path / "demo-tree" / "data", _data_key(args, cfg))
 
 
 def test_a_run_trained_on_other_data_files_is_refused_before_the_files_are_rebuilt(tmp_path, capsys):
