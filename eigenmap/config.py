@@ -400,18 +400,10 @@ def _check_limits(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
             raise ConfigError(f"config key '{key}': {value!r} is out of range; accepted: {accepted}")
 
 
-# keys that were renamed: the old name is an error that names the new one
-RENAMED_KEYS = {"optim.probe_lr": "optim.online_head_lr", "eval.knn_k": "eval.knn_ks"}
-
-
 def _build(cls: type, values: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
-    for name in unknown:
-        if prefix + name in RENAMED_KEYS:
-            raise ConfigError(f"config key '{prefix}{name}' was renamed to '{RENAMED_KEYS[prefix + name]}'; "
-                              f"use {RENAMED_KEYS[prefix + name]}")
     if unknown:
         raise ConfigError(
             f"unknown config key '{prefix}{unknown[0]}'; accepted keys"
