@@ -62,7 +62,7 @@ import torch  # noqa: E402
 
 from eigenmap.config import Config, from_dict, to_dict  # noqa: E402
 from eigenmap.host_memory import keep_freed_memory  # noqa: E402
-from eigenmap.run_layout import RunDir  # noqa: E402
+from eigenmap.run import RunDir  # noqa: E402
 from eigenmap.train.checks import prepare_train_config  # noqa: E402
 
 

@@ -39,7 +39,7 @@ from eigenmap.config import Config
 from eigenmap.data import build_eval_loader, read_manifest
 from eigenmap.models import EigenmapModel
 from eigenmap.progress import Progress
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir
 
 __all__ = ["FeatureSet", "FeatureError", "extract_features", "load_features", "feature_folder", "matches", "SIDECAR"]
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from eigenmap.durable import atomic_write_text
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir
 
 __all__ = ["RunLogger", "spectrum_plot", "keep_rows_up_to"]
 

@@ -12,8 +12,8 @@ import torchvision
 
 from eigenmap.config import from_dict
 from eigenmap.models import build_model
-from eigenmap.train.checkpoint import (LocalCheckpointStore, export_weights, find_latest, is_complete, newest_good,
-                                       verify_checkpoint)
+from eigenmap.run import export_weights
+from eigenmap.train.checkpoint import LocalCheckpointStore, find_latest, is_complete, newest_good, verify_checkpoint
 
 
 def _write_complete(step: int):
