@@ -37,7 +37,7 @@ SCALAR_TAGS = {"objective": "train/objective", "loss": "train/loss", "reg": "tra
 def spectrum_plot(eigenvalues: np.ndarray, height: int = 240, width: int = 400) -> np.ndarray:
     """A line plot of ``eigenvalues`` against their index as an RGB image [H, W, 3] uint8.
 
-    Drawn with PIL (matplotlib is not a dependency): axes box, a dashed zero line, the curve.
+    Drawn with PIL for TensorBoard's image tab: axes box, a dashed zero line, the curve.
     """
     from PIL import Image, ImageDraw
 
