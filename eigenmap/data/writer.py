@@ -167,6 +167,50 @@ def stored_side_for(resolution: int) -> int:
     return max(256, 4 * resolution)
 
 
+def _write_images(source, path: Path, fields: dict, page_size: int, workers: int) -> list[tuple[int, str]]:
+    """Every item of ``source`` into the FFCV file ``path``, each decoded once; returns the bad
+    ones, ``[(index, reason)]``. A page too small for some image (rare: only without a known
+    bound on the stored size, see :func:`_first_page_size`) means one more pass with pages sized
+    for the largest."""
+    candidates = np.arange(len(source))
+    writer = make_writer(str(path), fields, page_size, min(workers, len(candidates)))
+    bad, too_large = writer.from_source(source, candidates)
+    if too_large:
+        page_size = _page_size_for(max(size for _, size in too_large))
+        logger.warning("%d images do not fit %d MiB FFCV pages (e.g. %s); writing again with %d MiB pages",
+                       len(too_large), writer.page_size >> 20, source.describe(too_large[0][0]), page_size >> 20)
+        writer = make_writer(str(path), fields, page_size, min(workers, len(candidates)))
+        bad, too_large = writer.from_source(source, candidates)
+        assert not too_large, "a page sized for the largest image holds it"
+    return bad
+
+
+def _manifest(source, src: str, good_indices: np.ndarray, skipped: list[dict], stored: dict) -> dict:
+    """The manifest of the written file (less its ``bytes`` and ``sha256``): classes and counts
+    of the ``good_indices`` written, the ``skipped`` entries, how the images were ``stored``."""
+    labels = np.asarray(source.labels)[good_indices]
+    label_kind = "multi" if labels.ndim == 2 else "single"
+    # multi-hot: images carrying each label
+    counts = labels.sum(axis=0) if label_kind == "multi" else np.bincount(labels, minlength=len(source.classes))
+    for cls, c in zip(source.classes, counts):
+        if c == 0:
+            logger.warning("class '%s' has no valid image; its label is kept so labels match folders", cls)
+    return {
+        "format_version": MANIFEST_VERSION,
+        "source": src,
+        "source_kind": source.kind,
+        "classes": list(source.classes),
+        "label_names": source.label_names,
+        "counts": {c: int(k) for c, k in zip(source.classes, counts)},
+        "label_kind": label_kind,
+        "num_labels": len(source.classes),
+        **source.manifest_keys(good_indices),
+        "num_images": int(len(good_indices)),
+        "skipped": skipped,
+        **stored,
+    }
+
+
 def write_beton(
     src: Union[str, os.PathLike],
     out: Union[str, os.PathLike],
@@ -225,19 +269,8 @@ def write_beton(
             "label": (NDArrayField(np.dtype("uint8"), (source.labels.shape[1],)) if source.labels.ndim == 2
                       else IntField()),
         }
-        candidates = np.arange(len(source))
-        page_size = _first_page_size(source, max_resolution, write_mode)
         t0 = time.perf_counter()
-        writer = make_writer(str(tmp_beton), fields, page_size, min(workers, len(candidates)))
-        bad, too_large = writer.from_source(source, candidates)
-        if too_large:  # rare: only without a known bound on the stored size (see _first_page_size)
-            page_size = _page_size_for(max(size for _, size in too_large))
-            logger.warning("%d images do not fit %d MiB FFCV pages (e.g. %s); writing again with %d MiB pages",
-                           len(too_large), writer.page_size >> 20, source.describe(too_large[0][0]),
-                           page_size >> 20)
-            writer = make_writer(str(tmp_beton), fields, page_size, min(workers, len(candidates)))
-            bad, too_large = writer.from_source(source, candidates)
-            assert not too_large, "a page sized for the largest image holds it"
+        bad = _write_images(source, tmp_beton, fields, _first_page_size(source, max_resolution, write_mode), workers)
         skipped = source.skipped(bad)
         good = np.ones(len(source), dtype=bool)
         good[[i for i, _ in bad]] = False
@@ -248,29 +281,9 @@ def write_beton(
             reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
             raise WriterError(f"source '{src}' has no valid image ({len(skipped)} files skipped: {reasons})")
 
-        labels = np.asarray(source.labels)[good_indices]
-        label_kind = "multi" if labels.ndim == 2 else "single"
-        # multi-hot: images carrying each label
-        counts = labels.sum(axis=0) if label_kind == "multi" else np.bincount(labels, minlength=len(source.classes))
-        for cls, c in zip(source.classes, counts):
-            if c == 0:
-                logger.warning("class '%s' has no valid image; its label is kept so labels match folders", cls)
-        manifest = {
-            "format_version": MANIFEST_VERSION,
-            "source": str(Path(src).absolute()),
-            "source_kind": source.kind,
-            "classes": list(source.classes),
-            "label_names": source.label_names,
-            "counts": {c: int(k) for c, k in zip(source.classes, counts)},
-            "label_kind": label_kind,
-            "num_labels": len(source.classes),
-            **source.manifest_keys(good_indices),
-            "num_images": int(len(good_indices)),
-            "skipped": skipped,
-            "max_resolution": max_resolution,
-            "write_mode": write_mode,
-            "jpeg_quality": jpeg_quality if write_mode == "jpg" else None,
-        }
+        stored = {"max_resolution": max_resolution, "write_mode": write_mode,
+                  "jpeg_quality": jpeg_quality if write_mode == "jpg" else None}
+        manifest = _manifest(source, str(Path(src).absolute()), good_indices, skipped, stored)
         manifest.update(bytes=tmp_beton.stat().st_size, sha256=_flush_and_hash(tmp_beton))
         write_manifest(manifest, tmp_manifest)
         _publish(tmp_beton, tmp_manifest, out, overwrite)
