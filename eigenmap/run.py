@@ -2,31 +2,13 @@
 trained model read back (:func:`load_run`) and written (:func:`export_weights`,
 :func:`export_checkpoint`).
 
-A run directory (``train.run_dir``) holds::
-
-    config.yaml          the resolved config (written by rank 0 of the worker)
-    status.json          how the last start ended (written by rank 0 of the worker only;
-                         launchers read it)
-    attempts.jsonl       one line per worker-group start (rank 0 of the worker)
-    metrics.jsonl        one line per log step (rank 0's RunLogger)
-    tensorboard/         TensorBoard events (rank 0's RunLogger)
-    checkpoints/step_*/  kept checkpoints (the checkpoint store)
-    workers/rank*.json   which process and host runs each rank
-    run.lock             held while a run uses the directory
-    stop_requested       a launcher's request that the workers stop at the next step boundary
-    model.pt, encoder.pt the trained weights of a finished run (or `eigenmap export`)
-    eval/features/NAME/  a dataset's arrays through this run's model (`eigenmap extract`)
-    eval/probe/PAIR/     linear probe and kNN figures of one (train, val) pair
-    eval/retrieval/ARRAY/PAIR/  a retrieval report of one (database, queries) pair
-    report/              the run report (`eigenmap report`)
-    demo.json            what `eigenmap demo` made the run from
-
-``docs/run-directory.md`` says what each file holds and who writes it. A finished run holds
-``model.pt`` (the whole module: encoder, projector, L2-BatchNorm statistics, online head) and
-``encoder.pt``; ``status.json`` says how it ended and at which step. Evaluation starts from
-:func:`load_run`. A run that has not finished (preempted, stopped, still running) has weights in
-its kept checkpoints: :func:`export_checkpoint` (``eigenmap export RUN [--step N]``) writes
-``model.pt`` and ``encoder.pt`` from one, and ``load_run(run, step=N)`` loads one.
+A run directory is ``train.run_dir``; ``docs/run-directory.md`` says what each of its files
+holds, who writes it and who reads it. A finished run holds ``model.pt`` (the whole module:
+encoder, projector, L2-BatchNorm statistics, online head) and ``encoder.pt``; ``status.json``
+says how it ended and at which step. Evaluation starts from :func:`load_run`. A run that has not
+finished (preempted, stopped, still running) has weights in its kept checkpoints:
+:func:`export_checkpoint` (``eigenmap export RUN [--step N]``) writes ``model.pt`` and
+``encoder.pt`` from one, and ``load_run(run, step=N)`` loads one.
 """
 
 from __future__ import annotations
@@ -151,7 +133,7 @@ class RunDir:
     def demo(self) -> Path:
         return self.path / "demo.json"
 
-    # reading (the files' writers are named in the module docstring)
+    # reading (each file's writer: docs/run-directory.md)
     def read_status(self) -> Optional[dict]:
         """``status.json`` (how the last start ended), or None while there is none."""
         return _read_json(self.status)
