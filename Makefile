@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config g++ dataset-fashion-mnist
-# torch/torchvision pins verified on this kind of machine (ENVIRONMENT.md); a GPU cluster may
+# torch/torchvision pins verified on this kind of machine (docs/install.md); a GPU cluster may
 # override them: `make setup TORCH_PINS="torch==X torchvision==Y"`.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=

@@ -203,7 +203,7 @@ def _device_overrides() -> tuple[list[str], str]:
 
 def run(args: argparse.Namespace) -> int:
     from eigenmap.config import load_config
-    from eigenmap.run_layout import RunDir
+    from eigenmap.run import RunDir
     from launch.cli import main as eigenmap
     from retrieval import default_lengths
 

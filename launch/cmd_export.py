@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eigenmap.run_dir import RunDirError, export_checkpoint
+    from eigenmap.run import RunDirError, export_checkpoint
 
     try:
         written = export_checkpoint(args.run_dir, step=args.step, out=args.out, overwrite=args.overwrite)

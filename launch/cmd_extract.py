@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from eigenmap.eval.features import feature_folder
     from eigenmap.eval.inputs import EvalInputError, describe
-    from eigenmap.run_dir import RunDirError, load_run
+    from eigenmap.run import RunDirError, load_run
 
     try:
         device = pick_device(args.device)

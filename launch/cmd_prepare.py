@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"eigenmap prepare: error: --list LIST takes one more argument, OUT ({got})", file=sys.stderr)
             return 2
         args.out = args.src
-        from eigenmap.data.list_source import ListSpec
+        from eigenmap.data.sources import ListSpec
 
         args.src = ListSpec(args.list, root=args.root, num_labels=args.num_labels, class_names=args.class_names)
     elif list_only:

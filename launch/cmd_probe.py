@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from eigenmap.eval.inputs import EvalInputError, check_pair, describe, load_arrays, require_arrays
     from eigenmap.eval.probe_knn import augmented_batches, probe_and_knn
     from eigenmap.eval.reports import check_report_folder, publish_report
-    from eigenmap.run_dir import RunDirError, load_run
-    from eigenmap.run_layout import RunDir, pair_name
+    from eigenmap.run import RunDir, RunDirError, load_run, pair_name
 
     try:
         device = pick_device(args.device)

@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eigenmap.run_layout import RunDir
+    from eigenmap.run import RunDir
     from launch.report import write_run_report
 
     if not RunDir(args.run).config.is_file():

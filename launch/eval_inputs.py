@@ -15,7 +15,7 @@ import torch
 
 from eigenmap.eval.features import FeatureSet, extract_features
 from eigenmap.eval.inputs import Extractor
-from eigenmap.run_dir import LoadedRun
+from eigenmap.run import LoadedRun
 from eigenmap.train.exit_codes import exit_code
 from launch.arg_types import int_at_least
 

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from eigenmap.eval.features import FeatureSet, load_features
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir
 from launch.ray_cluster import RayWorkers, build_trainer, quiet_ray_train_logs, ray_cluster
 
 __all__ = ["extract_on_ray"]
@@ -28,7 +28,7 @@ def _extract_per_worker(config: dict) -> None:
 
     from eigenmap.eval.features import extract_features
     from eigenmap.host_memory import keep_freed_memory
-    from eigenmap.run_dir import load_run
+    from eigenmap.run import load_run
 
     quiet_ray_train_logs()
     device = get_device()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from eigenmap.config import Config, from_dict, to_dict
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir
 from eigenmap.train.preempt import INTERRUPTED, stop_on_signals
 from eigenmap.train.run_start import ABORTED
 from launch.ray_cluster import RayWorkers, build_trainer, quiet_ray_train_logs, ray_cluster

@@ -3,7 +3,7 @@
 It reads what the other commands left in the run directory and draws nothing from memory:
 
 - ``config.yaml``, ``status.json``, ``metrics.jsonl``, ``attempts.jsonl`` (training);
-- ``model.pt`` (the eigenvalue estimates, through :func:`eigenmap.run_dir.load_run`);
+- ``model.pt`` (the eigenvalue estimates, through :func:`eigenmap.run.load_run`);
 - ``eval/probe/*/probe.json`` (``eigenmap probe``), ``eval/retrieval/codes/*/`` (``eigenmap retrieve``):
   the newest of each is shown, and every evaluation the run holds is listed;
 - ``demo.json`` when ``eigenmap demo`` made the run (data, splits, the wall time of each stage).
@@ -28,8 +28,7 @@ from matplotlib.figure import Figure
 
 from eigenmap.config import load_config
 from eigenmap.eval.spectrum import eigenvalue_order, spectrum_figure
-from eigenmap.run_dir import load_run
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir, load_run
 from eigenmap.train.schedule import plan_in_words, plural
 from launch.findings import findings_lines, run_findings
 

@@ -68,6 +68,16 @@ def imagenette_subset(imagenette_dir: Path, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def subset_beton(imagenette_subset: Path, tmp_path_factory) -> Path:
+    """``imagenette_subset`` written by our writer (JPEG, 2 workers): the data tests' and the twin's."""
+    from eigenmap.data import write_beton
+
+    path = tmp_path_factory.mktemp("subset_beton") / "subset.beton"
+    write_beton(imagenette_subset, path, workers=2)
+    return path
+
+
 def make_small_beton(imagenette_dir: Path, base: Path, per_class: int = 16, max_resolution: int = 40,
                      split: str = "train") -> Path:
     """10 Imagenette classes x ``per_class`` images of ``split`` at most ``max_resolution`` px,

@@ -36,8 +36,9 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for path in (REPO_ROOT, REPO_ROOT / "tools"):  # the package, and twin.py beside this script
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 logger = logging.getLogger("bench_loader")
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from eigenmap.config import DataConfig
     from eigenmap.data import BatchAugment, build_train_loader, read_manifest, write_beton
-    from eigenmap.data.twin import TwoViewFolder, build_twin_train_loader
+    from twin import TwoViewFolder, build_twin_train_loader
 
     threads = min(args.workers, os.cpu_count() or 1)
     torch.set_num_threads(threads)

@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eigenmap.run_layout import RunDir, pair_name  # noqa: E402
+from eigenmap.run import RunDir, export_weights, load_run, pair_name  # noqa: E402
 
 # the one recipe every method shares (configs/imagenette_resnet18.yaml plus these)
 RECIPE = [
@@ -173,7 +173,6 @@ def random_init(run_dir: Path, train_beton: Path, epochs: int, extra: list[str])
 
     from eigenmap.config import save_config
     from eigenmap.models import build_model
-    from eigenmap.train.checkpoint import export_weights
 
     cfg = _config("random_init", run_dir, train_beton, epochs, extra)
     if RunDir(run_dir).model.is_file():
@@ -196,7 +195,6 @@ def evaluate(run_dir: Path, train_beton: Path, val_beton: Path) -> dict:
     from eigenmap.eval.inputs import check_pair, describe, load_arrays
     from eigenmap.eval.probe_knn import probe_and_knn
     from eigenmap.eval.spectrum import eigenvalue_order
-    from eigenmap.run_dir import load_run
 
     cached = RunDir(run_dir).eval / "quality.json"
     run = load_run(run_dir)

@@ -56,13 +56,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the package, and plain_engine.py beside this script
 
 import torch  # noqa: E402
 
 from eigenmap.config import Config, from_dict, to_dict  # noqa: E402
 from eigenmap.host_memory import keep_freed_memory  # noqa: E402
-from eigenmap.run_layout import RunDir  # noqa: E402
+from eigenmap.run import RunDir  # noqa: E402
 from eigenmap.train.checks import prepare_train_config  # noqa: E402
 
 
@@ -120,7 +120,8 @@ def bare_loop(cfg: Config, args: argparse.Namespace, pre_augmented: bool = False
     ``pre_augmented``: the model step alone, on one batch loaded and augmented before timing.
     """
     from eigenmap.models import build_model
-    from eigenmap.train.engine import PlainEngine, precision_of
+    from eigenmap.train.engine import precision_of
+    from plain_engine import PlainEngine
     from eigenmap.train.optim import build_optimizer
     from eigenmap.train.step import train_step
     from eigenmap.train.worker import build_augment, build_loader
@@ -157,7 +158,7 @@ def bare_loop(cfg: Config, args: argparse.Namespace, pre_augmented: bool = False
 def count_step_flops(engine, augment, loader) -> float:
     """Model FLOPs of one training step (forward + backward), counted by FlopCounterMode.
 
-    ``engine`` is a :class:`~eigenmap.train.engine.PlainEngine` (eager model); its gradients
+    ``engine`` is a :class:`plain_engine.PlainEngine` (eager model); its gradients
     are cleared afterwards and no optimiser step is taken.
     """
     from torch.utils.flop_counter import FlopCounterMode

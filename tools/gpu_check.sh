@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, as one plain process per measurement, on a machine that has torch but maybe not
-# Ray, FFCV or FAISS (ENVIRONMENT.md). Wheels in .whl/ (DeepSpeed and its pure-Python needs) are
+# Ray, FFCV or FAISS (docs/install.md, GPU machines). Wheels in .whl/ (DeepSpeed and its pure-Python needs) are
 # installed to a temporary site first when present. Figures go to $OUT (default ./gpu_out).
 #   bash tools/gpu_check.sh   # the ResNet-50 224 px step (eager, compiled), BatchAugment and its overlap
 # Figures: bench_step_{eager,compile}.json (pairs/s, ratio of the DeepSpeed worker loop to the

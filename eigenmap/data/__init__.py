@@ -1,4 +1,4 @@
-"""Data: ImageFolder/IDX -> FFCV writer, two-view loaders, batched augmentations, a twin.
+"""Data: ImageFolder / list file / IDX -> FFCV writer, two-view loaders, batched augmentations.
 
 - :func:`write_beton` (``eigenmap prepare``): source -> ``.beton`` + manifest;
   :func:`stored_side_for`: the longest side worth storing for a training resolution.
@@ -7,7 +7,6 @@
 - :class:`BatchAugment`: per-sample colour jitter, grayscale, blur, solarise, normalise on
   the device.
 - :func:`build_eval_loader`: deterministic resize + centre crop, normalised.
-- :func:`build_twin_train_loader`: the torchvision equivalent of the training loader.
 - :class:`SyntheticTwoViewLoader`: random pairs made on the device (``data.train_path:
   synthetic``, the :data:`SYNTHETIC` sentinel), for benchmarks and GPU checks.
 
@@ -20,7 +19,6 @@ from .manifest import ManifestError, manifest_path, read_manifest
 from .sharding import epoch_permutation, eval_shard, steps_per_epoch, train_shard
 from .sources import SourceError
 from .synthetic import SYNTHETIC, SyntheticTwoViewLoader
-from .twin import TwoViewFolder, build_twin_train_loader
 from .writer import WriterError, stored_side_for, write_beton
 
 __all__ = [
@@ -30,12 +28,10 @@ __all__ = [
     "SYNTHETIC",
     "SourceError",
     "SyntheticTwoViewLoader",
-    "TwoViewFolder",
     "TwoViewLoader",
     "WriterError",
     "build_eval_loader",
     "build_train_loader",
-    "build_twin_train_loader",
     "epoch_permutation",
     "eval_shard",
     "manifest_path",

@@ -1,44 +1,54 @@
-"""Where images come from: ImageFolder trees and IDX arrays, enumerated lazily, and sanitised.
+"""Where images come from: labelled image files, from a folder tree or a list file.
 
-Two kinds of source feed the writer:
+:class:`ImageFiles` is the one image-file source, made by either constructor:
 
-- an **ImageFolder tree** (``SRC/<class>/.../<file>``, the ImageNet layout). Every regular
-  file under a class folder is a candidate, whatever its extension, so that a stray ``.txt`` or
-  a broken link is *listed* as skipped rather than silently ignored; files directly under
-  ``SRC`` are listed as skipped too ("not in a class folder").
-- **IDX files** (the MNIST / Fashion-MNIST format, optionally gzipped), e.g. the ones Debian's
-  ``dataset-fashion-mnist`` installs under ``/usr/share/datasets/fashion-mnist/``. The images
-  file is decompressed once to a temporary raw file and memory-mapped, so memory stays flat.
+- :meth:`ImageFiles.from_folder`: an ImageFolder tree (``SRC/<class>/.../<file>``, the
+  ImageNet layout). Every regular file under a class folder is a candidate, whatever its
+  extension, so that a stray ``.txt`` or a broken link is *listed* as skipped rather than
+  silently ignored; files directly under ``SRC`` are listed as skipped too ("not in a class
+  folder").
+- :meth:`ImageFiles.from_list`: a list file, the DeepHash / HashNet split format that the
+  retrieval literature uses for COCO, NUS-WIDE, VOC2012 and MIRFlickr (``*_DB.txt``,
+  ``*_Query.txt``, ``*_Train.txt``; also ``database.txt`` / ``test.txt``), one image a line::
 
-A source holds only paths (or a memory map) and labels, never decoded images, so it can be
-handed to forked writer processes cheaply. :func:`load_rgb` turns any supported file into an
-``H x W x 3`` ``uint8`` RGB array; it is also the loader of the torchvision twin, so both
-pipelines see identical pixels before cropping.
+      train2014/COCO_train2014_000000000009.jpg 0 0 1 0 ... 0      <- multi-label: C flags of 0/1
+      n01440764/n01440764_10026.JPEG 0                             <- single-label: a class index
+
+  Fields are separated by whitespace, so a path cannot contain any. A relative path is taken
+  relative to the root (``--root``; by default the folder holding the list file), an absolute
+  one as it is. Blank lines are ignored. The kind is read from the file: lines of one number
+  are single-label (``C`` = the largest label + 1, or ``num_labels``), lines of several are
+  multi-hot (``C`` = ``num_labels``, or the number of flags most lines carry). Lines that do
+  not fit (another flag count, a flag other than 0/1, a label that is not a class index, no
+  label) are not read: they are listed with their line numbers and reasons, and the writer adds
+  the lines whose image is missing or unreadable. Class names: one a line in ``class_names``
+  (C lines, in flag order), else the zero-padded indices ``"0".."C-1"`` (``"00".."79"`` for
+  80), whose sorted order is the label order.
+
+A source holds only paths and labels, never decoded images, so it can be handed to forked
+writer processes cheaply; :mod:`eigenmap.data.decode` turns one file into pixels. The writer's
+other source, IDX arrays, is :mod:`eigenmap.data.idx`; both answer the writer the same way
+(``len``, ``labels``, ``classes``, ``describe(i)``, ``read(i)``, ``skipped(bad)``,
+``manifest_keys(written)``, ``close()``).
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
-import shutil
-import stat
-import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
+from .decode import decode_image, load_rgb
+
 __all__ = [
     "SourceError",
-    "ImageFolderSource",
-    "IdxSource",
-    "open_source",
-    "load_rgb",
-    "check_image",
-    "decode_image",
-    "FASHION_MNIST_LABELS",
+    "ImageFiles",
+    "ListSpec",
     "TRAIN_FOLDER_NAMES",
     "VAL_FOLDER_NAMES",
     "split_folders",
@@ -46,14 +56,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# FFCV stores width and height as uint16.
-MAX_SIDE_PX = 65535
-
-FASHION_MNIST_LABELS = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-
+PathLike = Union[str, os.PathLike]
 
 # Folder names (lower case) that hold a dataset's splits, each split an ImageFolder tree: as class
 # names they would label images by split. The validation names are in order of preference.
@@ -89,160 +92,84 @@ def split_folders(root: Union[str, os.PathLike]) -> tuple[Optional[Path], Option
 
 
 # --------------------------------------------------------------------------------------------
-# Sanitising one image
-# --------------------------------------------------------------------------------------------
-
-
-def _to_rgb_array(img) -> np.ndarray:
-    """A PIL image of any mode as an ``H x W x 3`` uint8 RGB array.
-
-    Alpha (RGBA, LA, palette with transparency) is composited over white, because transparent
-    pixels often hold arbitrary colours that a viewer never shows. 16-bit greyscale is scaled
-    from 0..65535 to 0..255 (``convert('RGB')`` would clip it to white). 32-bit integer greyscale
-    (mode ``I``, which does not say its range) is taken as 0..255 when its maximum is at most 255
-    (8-bit values saved from an integer array), else as 0..65535; float images are taken as 0..1
-    when their maximum is at most 1, else as 0..255.
-    """
-    from PIL import Image
-
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img).astype(np.float64)
-        if mode != "I" or (arr.size and arr.max() > 255):  # at most 255 in 16 bits would be black
-            arr = arr / 257.0
-        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
-    if mode == "F":
-        arr = np.asarray(img).astype(np.float64)
-        arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
-        mode == "P" and "transparency" in img.info
-    )
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"could not convert mode {mode} to RGB")
-    return np.ascontiguousarray(arr)
-
-
-def load_rgb(path: Union[str, os.PathLike]) -> np.ndarray:
-    """Decode an image file to RGB.
-
-    Args:
-        path: any image format Pillow reads (JPEG, PNG, WebP, TIFF, BMP, GIF: first frame).
-
-    Returns:
-        ``uint8`` array of shape ``[H, W, 3]``. EXIF orientation is not applied (as with
-        torchvision's ImageFolder loader and ImageNet practice).
-
-    Raises:
-        OSError, ValueError, PIL.UnidentifiedImageError: the file is unreadable, truncated,
-        corrupt or not an image. :func:`check_image` turns these into reasons.
-    """
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()  # decodes fully: truncated or corrupt data raises here, not later
-        return _to_rgb_array(img)
-
-
-def decode_image(path: Union[str, os.PathLike]) -> tuple[Optional[str], Optional[np.ndarray]]:
-    """Decode a file once and decide whether it can go into the dataset.
-
-    Returns:
-        ``(reason, image)``: ``(None, [H, W, 3] uint8 RGB array)`` for a good image (converted
-        as :func:`load_rgb` does), else ``(short human-readable reason, None)``, e.g.
-        ``"empty file (0 bytes)"``, ``"truncated or corrupt: ..."``.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        st = os.stat(path)  # follows links: a dangling link fails here
-    except OSError as e:
-        return f"unreadable: {e.strerror or e}", None
-    if not stat.S_ISREG(st.st_mode):
-        return "unreadable: not a regular file", None
-    if st.st_size == 0:
-        return "empty file (0 bytes)", None
-    try:
-        with Image.open(path) as img:
-            img.load()
-            width, height = img.size
-            if width == 0 or height == 0:
-                return f"image has no pixels ({width}x{height})", None
-            if max(width, height) > MAX_SIDE_PX:
-                return f"side longer than {MAX_SIDE_PX} px ({width}x{height}); FFCV cannot store it", None
-            return None, _to_rgb_array(img)
-    except UnidentifiedImageError:
-        return "not an image (unrecognised format)", None
-    except Image.DecompressionBombError as e:
-        return f"too large to decode safely: {e}", None
-    except PermissionError as e:
-        return f"unreadable: {e.strerror or e}", None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        # PIL reports truncation as OSError("image file is truncated ...") and bad headers as
-        # SyntaxError/ValueError; all mean the bytes cannot be trusted.
-        return f"truncated or corrupt: {e}", None
-    except MemoryError:
-        return "too large to decode in memory", None
-
-
-def check_image(path: Union[str, os.PathLike]) -> tuple[Optional[str], int, int]:
-    """Decide whether a file can go into the dataset, by decoding it fully (:func:`decode_image`).
-
-    Returns:
-        ``(reason, width, height)``: ``reason`` is None for a good image, else a short
-        human-readable reason; width and height are 0 for a bad file.
-    """
-    reason, image = decode_image(path)
-    if image is None:
-        return reason, 0, 0
-    return None, image.shape[1], image.shape[0]
-
-
-# --------------------------------------------------------------------------------------------
-# Sources
+# Image files: a folder tree or a list file
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass
-class ImageFolderSource:
-    """Class folders of image files, enumerated once into compact arrays.
+class ImageFiles:
+    """Labelled image files, enumerated once into compact arrays that forked writer processes
+    share without copying. Made by :meth:`from_folder` (class folders) or :meth:`from_list`
+    (a list file); nothing else differs.
 
     Attributes:
-        root: the ImageFolder root.
-        classes: sorted class-folder names; the index in this list is the label.
-        rel_paths: ``[N]`` fixed-width bytes, each file's path relative to ``root``
-            (sorted by class, then path), so forked workers share it without copying.
-        labels: ``[N]`` int64.
-        stray_files: files directly under ``root`` (no class), to be listed as skipped.
+        root: where ``rel_paths`` start (the ImageFolder root; the list's root).
+        rel_paths: ``[N]`` fixed-width bytes, each image's path as found (a folder's sorted by
+            class, then path; a list's in line order, an absolute path kept as written).
+        labels: ``[N]`` int64 class indices, or ``[N, C]`` uint8 0/1 rows (a multi-hot list).
+        classes: the C class names; the index is the label (the flag's position).
+        kind: ``"imagefolder"`` or ``"list"``, the manifest's ``source_kind``.
+        line_numbers: ``[N]`` int64, each image's line in the list file (1-based); None for a
+            folder.
+        unread: entries listed as skipped without being opened: files directly under a
+            folder's root (``{"path", "reason"}``), list lines that do not parse
+            (``{"path", "line", "reason"}``).
     """
 
     root: Path
-    classes: list[str]
     rel_paths: np.ndarray
     labels: np.ndarray
-    stray_files: list[str] = field(default_factory=list)
-    kind: str = "imagefolder"
+    classes: list[str]
+    kind: str
+    line_numbers: Optional[np.ndarray] = None
+    unread: list[dict] = field(default_factory=list)
+    label_names = None  # names other than ``classes``: only IDX files carry them (Fashion-MNIST's)
+    image_bytes = None  # the raw size of every image, when all are one size: not known for files
+
+    @classmethod
+    def from_folder(cls, root: PathLike) -> "ImageFiles":
+        """The files of an ImageFolder tree: classes = the sorted names of ``root``'s folders.
+
+        Raises:
+            SourceError: not a folder, empty, no class folders, split folders (``train/``,
+                ``val/``) of class folders, or class folders without files.
+        """
+        return _scan_folder(Path(root))
+
+    @classmethod
+    def from_list(cls, path: PathLike, *, root: Optional[PathLike] = None, num_labels: Optional[int] = None,
+                  class_names: Optional[PathLike] = None) -> "ImageFiles":
+        """The lines of a list file that parse (see the module docstring for the format; their
+        images are checked by the writer).
+
+        Args:
+            path: the list file (UTF-8 text).
+            root: where relative image paths start (default: the list file's folder).
+            num_labels: C; by default the number of flags most lines carry (multi-hot) or the
+                largest label + 1 (single-label), or the number of ``class_names``.
+            class_names: a file of C names, one a line.
+
+        Raises:
+            SourceError: the list or root is missing, the list holds no line that parses, the
+                class names disagree with ``num_labels``.
+        """
+        return _read_list(path, root, num_labels, class_names)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.rel_paths)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.classes)
+
+    @property
+    def label_kind(self) -> str:
+        """``"single"`` (a class index per image) or ``"multi"`` (a 0/1 row of C flags)."""
+        return "multi" if self.labels.ndim == 2 else "single"
 
     def describe(self, index: int) -> str:
         """The path of item ``index`` as recorded in the manifest."""
-        return str(self.root / self.rel_paths[index].decode("utf-8", "surrogateescape"))
-
-    def check(self, index: int) -> tuple[Optional[str], int, int]:
-        return check_image(self.describe(index))
+        return os.path.join(self.root, self.rel_paths[index].decode("utf-8", "surrogateescape"))
 
     def read(self, index: int) -> tuple[Optional[str], Optional[np.ndarray]]:
         """``(None, image)`` or ``(reason, None)``: item ``index`` decoded once (:func:`decode_image`)."""
@@ -251,13 +178,59 @@ class ImageFolderSource:
     def load(self, index: int) -> np.ndarray:
         return load_rgb(self.describe(index))
 
+    def largest_file_bytes(self) -> int:
+        """The size of the largest file (0 when none can be read): guides the writer's page size."""
+        root, largest = os.fsencode(self.root), 0
+        for rel in self.rel_paths:
+            try:
+                largest = max(largest, os.stat(os.path.join(root, rel)).st_size)
+            except OSError:  # a broken file: the writer processes give its reason
+                pass
+        return largest
+
+    def skipped(self, bad: list[tuple[int, str]]) -> list[dict]:
+        """The manifest's ``skipped``: :attr:`unread` and the items the writer could not use.
+
+        Args:
+            bad: ``[(index, reason)]`` in index order.
+
+        Returns:
+            ``[{"path", "reason"}]`` (a folder: its stray files first), or for a list
+            ``[{"path", "line", "reason"}]`` in line order.
+        """
+        if self.line_numbers is None:
+            return self.unread + [{"path": self.describe(i), "reason": reason} for i, reason in bad]
+        failed = [{"path": self.describe(i), "line": int(self.line_numbers[i]), "reason": reason} for i, reason in bad]
+        return sorted(self.unread + failed, key=lambda entry: entry["line"])
+
+    def manifest_keys(self, written: np.ndarray) -> dict:
+        """A list's own manifest keys: ``list_root``, and for a multi-hot list
+        ``num_without_labels`` (written images with no flag set: no query finds them relevant).
+
+        Args:
+            written: ``[n]`` indices of the items written.
+        """
+        if self.kind != "list":
+            return {}
+        keys = {"list_root": str(self.root)}
+        if self.label_kind == "multi":
+            keys["num_without_labels"] = int((self.labels[written].sum(axis=1) == 0).sum())
+        return keys
+
+    def close(self) -> None:
+        """Nothing to release (an IDX source removes its scratch file)."""
+
 
 def _has_subfolder(folder: Path) -> bool:
     with os.scandir(folder) as entries:
         return any(e.is_dir() for e in entries)
 
 
-def _scan_image_folder(root: Path) -> ImageFolderSource:
+def _scan_folder(root: Path) -> ImageFiles:
+    if not root.is_dir():
+        raise SourceError(f"source '{root}' is not a folder; expected an ImageFolder tree (SRC/<class>/<image files>)")
+    if not any(True for _ in os.scandir(root)):
+        raise SourceError(f"source '{root}' is empty; expected class folders of images (SRC/<class>/<files>)")
     entries = sorted(os.scandir(root), key=lambda e: e.name)
     classes, stray = [], []
     for e in entries:
@@ -291,181 +264,163 @@ def _scan_image_folder(root: Path) -> ImageFolderSource:
         labels.extend([label] * len(files))
     if not rel:
         raise SourceError(f"source '{root}' has class folders ({', '.join(classes[:5])}...) but no files in them")
-    return ImageFolderSource(
-        root=root,
-        classes=classes,
-        rel_paths=np.array(rel, dtype=bytes),
-        labels=np.array(labels, dtype=np.int64),
-        stray_files=stray,
-    )
+    return ImageFiles(root=root, rel_paths=np.array(rel, dtype=bytes), labels=np.array(labels, dtype=np.int64),
+                      classes=classes, kind="imagefolder",
+                      unread=[{"path": path, "reason": "not in a class folder"} for path in stray])
 
 
-def _read_idx_header(fp) -> tuple[int, tuple[int, ...]]:
-    """(dtype code, dims) of an IDX stream; raises SourceError on a bad magic number."""
-    magic = fp.read(4)
-    if len(magic) != 4 or magic[0] != 0 or magic[1] != 0:
-        raise SourceError("not an IDX file (bad magic number)")
-    dtype_code, ndim = magic[2], magic[3]
-    dims = struct.unpack(">" + "I" * ndim, fp.read(4 * ndim))
-    return dtype_code, dims
+@dataclass(frozen=True)
+class ListSpec:
+    """A list file to read and how: what ``eigenmap prepare --list`` hands the writer
+    (the writer opens it with :meth:`ImageFiles.from_list`).
 
-
-def _open_maybe_gzip(path: Path):
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gz else open(path, "rb")
-
-
-@dataclass
-class IdxSource:
-    """IDX image and label files (MNIST, Fashion-MNIST); images are 8-bit greyscale.
-
-    The images are decompressed to ``raw_path`` (a temporary file the writer removes) and read
-    through a memory map, so nothing grows with the dataset in RAM.
+    Path-like (``os.fspath`` gives the list file), so the manifest records the list as its
+    ``source``.
 
     Attributes:
-        images_path / labels_path: the IDX files.
-        classes: ``"0".."9"`` (zero-padded past 10 classes so that sorted order is label order).
-        label_names: human-readable names when the files are Fashion-MNIST, else None.
+        path: the list file.
+        root: the folder relative image paths start from (default: the list file's folder).
+        num_labels: C, when the list should not decide it: the flag count of a multi-hot list,
+            or the class count of a single-label list.
+        class_names: a text file of C class names, one a line, in flag (label) order.
     """
 
-    images_path: Path
-    labels_path: Path
-    raw_path: Path
-    num_items: int
-    height: int
-    width: int
-    labels: np.ndarray
-    classes: list[str]
-    label_names: Optional[list[str]] = None
-    kind: str = "idx"
-    stray_files: list[str] = field(default_factory=list)
-    _images: Optional[np.ndarray] = field(default=None, repr=False)
+    path: PathLike
+    root: Optional[PathLike] = None
+    num_labels: Optional[int] = None
+    class_names: Optional[PathLike] = None
 
-    def __len__(self) -> int:
-        return self.num_items
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
 
-    def _array(self) -> np.ndarray:
-        if self._images is None:
-            self._images = np.memmap(
-                self.raw_path, dtype=np.uint8, mode="r", shape=(self.num_items, self.height, self.width)
-            )
-        return self._images
-
-    def describe(self, index: int) -> str:
-        return f"{self.images_path}[{index}]"
-
-    def check(self, index: int) -> tuple[Optional[str], int, int]:
-        return None, self.width, self.height
-
-    def read(self, index: int) -> tuple[Optional[str], Optional[np.ndarray]]:
-        return None, self.load(index)  # fixed-size arrays: nothing can be broken per item
-
-    def load(self, index: int) -> np.ndarray:
-        grey = np.asarray(self._array()[index])
-        return np.repeat(grey[..., None], 3, axis=2)
-
-    def close(self) -> None:
-        self._images = None
-        try:
-            os.unlink(self.raw_path)
-        except FileNotFoundError:
-            pass
-
-    def __getstate__(self) -> dict:
-        # the memory map is reopened in each process rather than pickled
-        state = dict(self.__dict__)
-        state["_images"] = None
-        return state
+    def __str__(self) -> str:
+        return os.fspath(self.path)
 
 
-def _idx_pair(src: Path, split: str) -> tuple[Path, Path]:
-    """The (images, labels) IDX files that ``src`` names: a file, or a folder plus a split."""
-    if src.is_file():
-        images = src
-        name = src.name
-        if "images-idx3" not in name:
-            raise SourceError(f"'{src}' is a file but not an IDX images file (*-images-idx3-ubyte[.gz])")
-        labels = src.with_name(name.replace("images-idx3", "labels-idx1"))
-        if not labels.is_file():
-            raise SourceError(f"IDX labels file '{labels}' for '{src}' does not exist")
-        return images, labels
-    for suffix in ("", ".gz"):
-        images = src / f"{split}-images-idx3-ubyte{suffix}"
-        labels = src / f"{split}-labels-idx1-ubyte{suffix}"
-        if images.is_file() and labels.is_file():
-            return images, labels
-    raise SourceError(f"no IDX files for split '{split}' in '{src}' (expected {split}-images-idx3-ubyte[.gz])")
-
-
-def _is_idx_folder(src: Path) -> bool:
-    return src.is_dir() and any(p.name.endswith(("-images-idx3-ubyte", "-images-idx3-ubyte.gz")) for p in src.iterdir())
-
-
-def _open_idx(src: Path, split: str, scratch_dir: Path) -> IdxSource:
-    images_path, labels_path = _idx_pair(src, split)
+def _read_class_names(path: Path) -> list[str]:
     try:
-        with _open_maybe_gzip(labels_path) as f:
-            code, dims = _read_idx_header(f)
-            if code != 0x08 or len(dims) != 1:
-                raise SourceError(f"'{labels_path}' is not a uint8 label vector (IDX type {code:#x}, dims {dims})")
-            labels = np.frombuffer(f.read(dims[0]), dtype=np.uint8).astype(np.int64)
-        if len(labels) != dims[0]:
-            raise SourceError(f"'{labels_path}' is truncated: {len(labels)} of {dims[0]} labels")
-        raw_fd, raw_name = _mkstemp(scratch_dir, ".idx-images-")
-        with _open_maybe_gzip(images_path) as f, os.fdopen(raw_fd, "wb") as out:
-            code, dims = _read_idx_header(f)
-            if code != 0x08 or len(dims) != 3:
-                raise SourceError(f"'{images_path}' is not uint8 N x H x W images (IDX type {code:#x}, dims {dims})")
-            shutil.copyfileobj(f, out, length=1 << 20)  # streams; never holds the file
-            written = out.tell()
-    except (OSError, EOFError, struct.error) as e:
-        raise SourceError(f"cannot read IDX files '{images_path}', '{labels_path}': {e}") from None
-    n, h, w = dims
-    if written < n * h * w:
-        os.unlink(raw_name)
-        raise SourceError(f"'{images_path}' is truncated: {written} of {n * h * w} pixel bytes")
-    if n != len(labels):
-        os.unlink(raw_name)
-        raise SourceError(f"'{images_path}' has {n} images but '{labels_path}' has {len(labels)} labels")
-    num_classes = int(labels.max()) + 1 if len(labels) else 0
-    width = len(str(max(num_classes - 1, 0)))
-    classes = [str(i).zfill(width) for i in range(num_classes)]
-    names = list(FASHION_MNIST_LABELS) if "fashion" in str(images_path).lower() and num_classes == 10 else None
-    return IdxSource(images_path, labels_path, Path(raw_name), n, h, w, labels, classes, names)
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"class names file '{path}' is unreadable: {e}") from None
+    names = [n for n in names if n]
+    if not names:
+        raise SourceError(f"class names file '{path}' is empty; expected one class name a line, in flag order")
+    repeated = sorted(n for n, c in Counter(names).items() if c > 1)
+    if repeated:
+        raise SourceError(f"class names file '{path}' names {repeated[0]!r} more than once; each class needs its own "
+                          "name")
+    return names
 
 
-def _mkstemp(directory: Path, prefix: str) -> tuple[int, str]:
-    import tempfile
-
-    return tempfile.mkstemp(prefix=prefix, dir=directory)
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
-def open_source(src: Union[str, os.PathLike], *, split: str = "train",
-                scratch_dir: Optional[Union[str, os.PathLike]] = None) -> Union[ImageFolderSource, IdxSource]:
-    """Open an ImageFolder tree, IDX files, or a list file.
+def _multi_hot(tokens: list[str], num_labels: int, why: str) -> tuple[Optional[np.ndarray], Optional[str]]:
+    """(row [C] uint8, None) or (None, the reason the tokens are not C flags of 0/1)."""
+    # a word where the first flag should be: most likely the rest of a path that holds a space
+    hint = "" if tokens[0].lstrip("-").isdigit() else " (a path with spaces? fields are separated by whitespace)"
+    if len(tokens) != num_labels:
+        return None, f"{len(tokens)} label flags, expected {num_labels} ({why}){hint}"
+    joined = "".join(tokens)
+    if len(joined) == num_labels and not joined.strip("01"):  # one character each, all 0/1
+        return np.frombuffer(joined.encode("ascii"), dtype=np.uint8) - ord("0"), None
+    position, token = next((j, t) for j, t in enumerate(tokens, 1) if t not in ("0", "1"))
+    return None, f"flag {token!r} (the {_ordinal(position)}) is not 0 or 1{hint}"
 
-    Args:
-        src: an ImageFolder root; a folder holding ``<split>-images-idx3-ubyte[.gz]`` and its
-            labels file; an ``*-images-idx3-ubyte[.gz]`` file itself; or a spec that opens
-            itself, such as :class:`eigenmap.data.list_source.ListSpec` (an image list file).
-        split: which IDX pair to take from a folder (``train`` or ``t10k``); ignored otherwise.
-        scratch_dir: where an IDX source decompresses its images (default: beside ``src``'s
-            output, passed by the writer); the caller closes the source to remove it.
 
-    Raises:
-        SourceError: missing, empty, or unrecognised source, with the path and what is accepted.
-    """
-    if hasattr(src, "open_source"):  # e.g. a ListSpec; that module imports this one, so no import here
-        return src.open_source()
-    path = Path(src)
-    if not path.exists():
-        raise SourceError(f"source '{path}' does not exist (pass an ImageFolder root or Fashion-MNIST IDX files)")
-    scratch = Path(scratch_dir) if scratch_dir is not None else Path.cwd()
-    if path.is_file() or _is_idx_folder(path):
-        return _open_idx(path, split, scratch)
-    if not path.is_dir():
-        raise SourceError(f"source '{path}' is neither a folder nor an IDX file")
-    if not any(True for _ in os.scandir(path)):
-        raise SourceError(f"source '{path}' is empty; expected class folders of images (SRC/<class>/<files>)")
-    return _scan_image_folder(path)
+def _class_index(tokens: list[str], num_labels: Optional[int]) -> tuple[Optional[int], Optional[str]]:
+    """(label, None) or (None, the reason the tokens are not one class index)."""
+    if len(tokens) != 1:
+        return None, f"{len(tokens)} labels, expected 1 (the list is single-label: PATH LABEL on each line)"
+    token = tokens[0]
+    if not (token.isascii() and token.isdigit()):
+        return None, f"label {token!r} is not a class index (an integer >= 0)"
+    value = int(token)
+    if num_labels is not None and value >= num_labels:
+        return None, f"label {value} is not below the class count {num_labels}"
+    return value, None
+
+
+def _list_entries(list_path: Path) -> list[tuple[int, str, str]]:
+    """``(line number, path, label text)`` of each non-blank line. The label text stays one
+    string: a token list per line would cost a Python object per flag (gigabytes for NUS-WIDE)."""
+    entries: list[tuple[int, str, str]] = []
+    try:
+        with open(list_path, encoding="utf-8", errors="surrogateescape") as f:
+            for number, line in enumerate(f, 1):
+                parts = line.lstrip("\ufeff").split(maxsplit=1)
+                if parts:
+                    entries.append((number, parts[0], parts[1] if len(parts) > 1 else ""))
+    except OSError as e:
+        raise SourceError(f"list file '{list_path}' is unreadable: {e}") from None
+    if not entries:
+        raise SourceError(f"list file '{list_path}' has no lines; expected 'PATH FLAG_1 ... FLAG_C' or 'PATH LABEL'")
+    return entries
+
+
+def _read_list(path: PathLike, root: Optional[PathLike], num_labels: Optional[int],
+               class_names: Optional[PathLike]) -> ImageFiles:
+    """:meth:`ImageFiles.from_list`."""
+    list_path = Path(path).absolute()
+    if not list_path.is_file():
+        raise SourceError(f"list file '{list_path}' does not exist; expected a text file of lines "
+                          "'PATH FLAG_1 ... FLAG_C' (multi-hot 0/1) or 'PATH LABEL'")
+    root_path = Path(root).absolute() if root is not None else list_path.parent
+    if not root_path.is_dir():
+        raise SourceError(f"--root '{root_path}' is not a folder; pass the folder the list's relative paths start from")
+    if num_labels is not None and num_labels < 1:
+        raise SourceError(f"--num-labels {num_labels} is out of range; accepted: 1 or more")
+    names = _read_class_names(Path(class_names)) if class_names is not None else None
+    if names is not None and num_labels is not None and len(names) != num_labels:
+        raise SourceError(f"class names file '{class_names}' names {len(names)} classes but --num-labels is "
+                          f"{num_labels}; give one name per label")
+
+    entries = _list_entries(list_path)
+    counts = Counter(len(rest.split()) for _, _, rest in entries)
+    common = max(counts, key=lambda c: (counts[c], c))  # the count most lines carry
+    expected = num_labels if num_labels is not None else (len(names) if names is not None else None)
+    kind = "single" if common <= 1 else "multi"
+    if kind == "multi" and expected is None:
+        expected = common
+        why = f"the count on {counts[common]} of {len(entries)} lines; set --num-labels to choose another"
+    else:
+        why = "--num-labels" if num_labels is not None else "the names in --class-names"
+
+    good_paths, good_lines, good_labels, bad = [], [], [], []
+    for number, rel, rest in entries:
+        tokens = rest.split()
+        if not tokens:
+            label, reason = None, "no labels after the path (expected 'PATH FLAG_1 ... FLAG_C' or 'PATH LABEL')"
+        elif kind == "multi":
+            label, reason = _multi_hot(tokens, expected, why)
+        else:
+            label, reason = _class_index(tokens, expected)
+        if reason is not None:
+            bad.append({"path": os.path.join(root_path, rel), "line": number, "reason": reason})
+            continue
+        good_paths.append(rel.encode("utf-8", "surrogateescape"))
+        good_lines.append(number)
+        good_labels.append(label)
+    if not good_paths:
+        shown = "; ".join(f"line {b['line']}: {b['reason']}" for b in bad[:3])
+        raise SourceError(f"list file '{list_path}' has no usable line ({len(bad)} lines: {shown})")
+
+    if kind == "multi":
+        labels = np.stack(good_labels).astype(np.uint8)
+    else:
+        labels = np.array(good_labels, dtype=np.int64)
+        if expected is None:
+            expected = int(labels.max()) + 1
+    if names is not None and len(names) != expected:
+        raise SourceError(f"class names file '{class_names}' names {len(names)} classes but the list has "
+                          f"{expected} labels ({'flags a line' if kind == 'multi' else 'largest label + 1'}); "
+                          "give one name per label")
+    width = len(str(expected - 1))
+    classes = names if names is not None else [str(i).zfill(width) for i in range(expected)]
+    if bad:
+        logger.warning("%s: %d of %d lines not read (listed in the manifest), e.g. line %d: %s", list_path.name,
+                       len(bad), len(entries), bad[0]["line"], bad[0]["reason"])
+    return ImageFiles(root=root_path, rel_paths=np.array(good_paths, dtype=bytes), labels=labels,
+                      classes=list(classes), kind="list", line_numbers=np.array(good_lines, dtype=np.int64),
+                      unread=bad)

@@ -38,8 +38,8 @@ from eigenmap import dist
 from eigenmap.config import Config
 from eigenmap.data import build_eval_loader, read_manifest
 from eigenmap.models import EigenmapModel
+from eigenmap.run import RunDir
 from retrieval.progress import Progress
-from eigenmap.run_layout import RunDir
 
 __all__ = ["FeatureSet", "FeatureError", "extract_features", "load_features", "feature_folder", "matches", "SIDECAR"]
 

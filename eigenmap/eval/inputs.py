@@ -29,7 +29,6 @@ from typing import Callable, Optional
 import numpy as np
 
 from eigenmap.data.manifest import ManifestError, read_manifest
-from eigenmap.durable import sha256_of
 from eigenmap.eval.features import (CODES, FEATURES, LABELS, SIDECAR, FeatureError, FeatureSet, feature_folder,
                                     load_features, matches)
 
@@ -192,8 +191,10 @@ def _describe_beton(path: Path, role: str) -> EvalInput:
         manifest = read_manifest(path)
     except ManifestError as e:
         raise EvalInputError(f"{role} '{path}': {e}; accepted: {ACCEPTED}") from None
-    # manifests written before checksums were recorded: hash the file once here
-    digest = manifest.get("sha256") or sha256_of(path)
+    digest = manifest.get("sha256")
+    if not digest:
+        raise EvalInputError(f"{role} '{path}': its manifest records no sha256 (the contents' id); write it again "
+                             f"with `eigenmap prepare`")
     kind = manifest.get("label_kind", "single")
     classes = tuple(manifest["classes"])
     return EvalInput(role, path, "beton", f"sha256:{digest}", int(manifest["num_images"]), classes, kind,
@@ -210,8 +211,10 @@ def _describe_feature_folder(path: Path, role: str) -> EvalInput:
     labels = arrays.labels
     kind = "multi" if labels.ndim == 2 else "single"
     classes = tuple(dataset["classes"]) if dataset.get("classes") is not None else None
-    # the images' identity: the dataset file it came from (older sidecars lack its sha256)
-    identity = f"sha256:{dataset['sha256']}" if dataset.get("sha256") else _arrays_identity(path)
+    if not dataset.get("sha256"):  # the images' identity: the dataset file they came from
+        raise EvalInputError(f"{role} '{path}': {SIDECAR} records no sha256 of the dataset its arrays came from; "
+                             "extract them again with `eigenmap extract`")
+    identity = f"sha256:{dataset['sha256']}"
     widths = {name: int(getattr(arrays, name).shape[1]) for name in ARRAY_NAMES if getattr(arrays, name) is not None}
     return EvalInput(role, path, "features", identity, int(len(labels)), classes, kind,
                      int(labels.shape[1]) if kind == "multi" else len(classes or ()) or _label_count(labels),

@@ -3,7 +3,7 @@
 - ``checks``: the one config load of every entry point, and the pre-flight checks;
 - ``worker``: one process of a run (``train``), whoever launched it;
 - ``step``: forward -> backward -> optimiser step, shared with the benchmarks;
-- ``engine`` (device, process group, DeepSpeed, and a plain engine for benchmarks), ``optim``
+- ``engine`` (device, process group, DeepSpeed), ``optim``
   (LARS), ``schedule``;
 - ``checkpoint`` (what a checkpoint holds, where it goes) and ``checkpoint_files`` (its file
   list with sizes and checksums, verified before a resume);

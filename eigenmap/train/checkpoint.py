@@ -1,4 +1,5 @@
-"""Checkpoints: what one holds, atomic writes, finding the latest, and the exported weights.
+"""Checkpoints: what one holds, atomic writes, finding the latest (the exported weights,
+``model.pt`` and ``encoder.pt``, are :mod:`eigenmap.run`'s).
 
 A checkpoint is a directory ``step_XXXXXXXX`` holding
 
@@ -37,14 +38,13 @@ import torch
 
 from eigenmap import dist
 from eigenmap.durable import fsync_dir, publish
-from eigenmap.run_layout import RunDir
 # re-exported: where a run resumes from is part of what a checkpoint is
 from eigenmap.train.checkpoint_files import (CHECKPOINT_RE, ENGINE_TAG, checkpoint_step, find_latest, is_complete,
                                              newest_good, read_meta, seal_checkpoint, verify_checkpoint)
 
 __all__ = ["TrainerState", "CheckpointStore", "LocalCheckpointStore", "write_checkpoint", "read_checkpoint",
            "read_meta", "seal_checkpoint", "verify_checkpoint", "find_latest", "newest_good", "is_complete",
-           "checkpoint_step", "export_weights", "CHECKPOINT_RE", "ENGINE_TAG"]
+           "checkpoint_step", "CHECKPOINT_RE", "ENGINE_TAG"]
 
 log = logging.getLogger(__name__)
 
@@ -153,22 +153,6 @@ def _check_world_change(path: Path, saved: int, world: int, engine: Any, allowed
             f"checkpoint {path} was written by {saved} workers with ZeRO stage {stage}: its optimiser state is split "
             f"in {saved} shards that {world} workers cannot load, even with --allow-config-change; resume with "
             f"dist.num_workers={saved}")
-
-
-def export_weights(model: torch.nn.Module, run_dir: Path) -> dict[str, Path]:
-    """Rank 0: write ``encoder.pt`` (a plain torchvision ResNet state dict, no ``fc``; load it
-    with ``resnet.load_state_dict(sd, strict=False)``) and ``model.pt`` (the whole module:
-    encoder, projector, L2-BatchNorm statistics, online head). Atomic and durable (temp file,
-    fsync, rename)."""
-    run = RunDir(run_dir)
-    out = {}
-    for path, module in ((run.encoder, model.backbone), (run.model, model)):
-        sd = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(sd, tmp)
-        publish(tmp, path)
-        out[path.name] = path
-    return out
 
 
 # ------------------------------------------------------------------------------------------

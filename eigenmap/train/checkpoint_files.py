@@ -65,8 +65,8 @@ def verify_checkpoint(path: Path, *, checksums: bool) -> Optional[str]:
             listed.update(json.loads(lst.read_text()))
         except (OSError, ValueError) as e:
             return f"{lst.name} is unreadable ({e})"
-    if not listed:  # written before checkpoints had file lists: only the parts can be checked
-        return _missing_parts(path)
+    if not listed:  # sealed before publication, so never finished: its parts cannot say they are whole
+        return "no file list (files.json): the checkpoint was never sealed"
     present = {p.relative_to(path).as_posix() for p in path.rglob("*")
                if p.is_file() and not FILES_RE.match(p.name) and not p.name.startswith(".")}
     if present - set(listed):

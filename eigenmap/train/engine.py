@@ -7,11 +7,10 @@ silent fall-back to another code path.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -20,7 +19,7 @@ import torch.nn as nn
 from eigenmap.config import Config
 
 __all__ = ["pick_device", "precision_of", "init_process_group", "deepspeed_config",
-           "import_deepspeed", "build_engine", "PlainEngine"]
+           "import_deepspeed", "build_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -128,42 +127,3 @@ def build_engine(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer
     # ZeRO 1-2 view each gradient as a slice of a flat buffer and fail on channels_last grads:
     # there the weights stay NCHW and the channels_last INPUT still selects NHWC convolutions.
     return engine, ds_optimizer
-
-
-class PlainEngine:
-    """A bare model and optimiser behind the DeepSpeed engine's step interface.
-
-    ``engine(x, labels, step)`` (forward under autocast for bf16/fp16), ``engine.backward(loss)``
-    (scaled for fp16) and ``engine.step()`` (optimiser step, then gradients set to None), and
-    ``engine.module``: so :func:`eigenmap.train.step.train_step` runs unchanged without a
-    process group or DeepSpeed. This is the bare loop ``tools/bench_step.py`` compares the
-    worker loop with.
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: str):
-        self.module, self.optimizer = model, optimizer
-        self.device_type = next(model.parameters()).device.type
-        self.dtype: Optional[torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        # loss scaling only for fp16: bf16 has fp32's exponent range
-        self.scaler = torch.amp.GradScaler(self.device_type) if precision == "fp16" else None
-
-    def __call__(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                 step: Optional[int] = None) -> dict[str, torch.Tensor]:
-        autocast = (torch.autocast(self.device_type, dtype=self.dtype) if self.dtype is not None
-                    else contextlib.nullcontext())
-        with autocast:
-            return self.module(x, labels, step)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-
-    def step(self) -> None:
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)  # frees the gradients until the next backward
-
-    def train(self) -> None:
-        self.module.train()

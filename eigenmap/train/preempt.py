@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from eigenmap.durable import atomic_write_text
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir
 
 __all__ = ["PREEMPTED", "INTERRUPTED", "REPEAT_SECONDS", "StopRequest", "stop_on_signals",
            "clear_stop_request"]

@@ -30,7 +30,7 @@ import yaml
 
 from eigenmap.config import Config, ConfigError, to_dict
 from eigenmap.data.manifest import dataset_identity
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir
 from eigenmap.train.checkpoint import TrainerState
 from eigenmap.train.checkpoint_files import ENGINE_TAG, find_latest, read_meta
 

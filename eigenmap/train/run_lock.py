@@ -31,7 +31,7 @@ from typing import Iterator, Optional, Union
 
 import psutil
 
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir
 
 __all__ = ["RunLockError", "run_lock", "acquire", "release"]
 

@@ -25,8 +25,8 @@ import torch
 
 from eigenmap.durable import atomic_write_text
 from eigenmap.eval.spectrum import spectrum_figure
+from eigenmap.run import RunDir
 from retrieval.progress import clock
-from eigenmap.run_layout import RunDir
 
 __all__ = ["RunLogger", "keep_rows_up_to"]
 

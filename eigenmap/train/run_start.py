@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from eigenmap.config import Config, ConfigError
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir
 from eigenmap.train.checkpoint_files import checkpoint_step, find_latest
 from eigenmap.train.exit_codes import exit_code
 from eigenmap.train.preempt import INTERRUPTED, PREEMPTED, clear_stop_request

@@ -1,7 +1,7 @@
 """One training step, shared by the worker loop and the benchmarks' bare loop.
 
-``engine`` is a DeepSpeed engine or a :class:`~eigenmap.train.engine.PlainEngine`: both take
-the model's forward, ``backward(loss)`` and ``step()``. The views arrive augmented (see
+``engine`` is a DeepSpeed engine or the benchmarks' ``PlainEngine`` (``tools/plain_engine.py``):
+both take the model's forward, ``backward(loss)`` and ``step()``. The views arrive augmented (see
 :mod:`eigenmap.data.prefetch`), so the step is only forward -> backward -> optimiser step.
 """
 
@@ -19,7 +19,7 @@ def train_step(engine: Any, x1: torch.Tensor, x2: torch.Tensor, labels: torch.Te
     """Forward both views in ONE batch, backward the objective, take the optimiser step.
 
     Args:
-        engine: DeepSpeed engine or PlainEngine around an :class:`~eigenmap.models.EigenmapModel`.
+        engine: DeepSpeed engine or ``tools/plain_engine.py``'s PlainEngine around an :class:`~eigenmap.models.EigenmapModel`.
         x1, x2: [B, 3, H, W] float augmented views (the memory format the model wants).
         labels: [B] int64, for the online monitoring classifier.
         step: the global optimiser step being taken (0-based): the objective's scheduled

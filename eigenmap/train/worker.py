@@ -39,9 +39,9 @@ from eigenmap.data.prefetch import AugmentAhead
 from eigenmap.durable import atomic_write_text
 from eigenmap.host_memory import keep_freed_memory
 from eigenmap.models import EigenmapModel, build_model
-from eigenmap.run_layout import RunDir
-from eigenmap.train.checkpoint import (CheckpointStore, LocalCheckpointStore, TrainerState, export_weights,
-                                       read_checkpoint, read_meta, write_checkpoint)
+from eigenmap.run import RunDir, export_weights
+from eigenmap.train.checkpoint import (CheckpointStore, LocalCheckpointStore, TrainerState, read_checkpoint, read_meta,
+                                       write_checkpoint)
 from eigenmap.train.checks import load_train_config
 from eigenmap.train.engine import build_engine, init_process_group, pick_device, precision_of
 from eigenmap.train.exit_codes import exit_code

@@ -105,16 +105,6 @@ def index_beton(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def subset_beton(imagenette_subset: Path, tmp_path_factory) -> Path:
-    """``imagenette_subset`` written by our writer (JPEG, 2 workers)."""
-    from eigenmap.data import write_beton
-
-    path = tmp_path_factory.mktemp("subset_beton") / "subset.beton"
-    write_beton(imagenette_subset, path, workers=2)
-    return path
-
-
 def stored_images(beton: Path):
     """Decode every sample of a ``.beton`` directly from its bytes: ``[(image HxWx3, label)]``.
 

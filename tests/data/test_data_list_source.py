@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from eigenmap.data import SourceError, read_manifest, write_beton
-from eigenmap.data.list_source import ListSpec, open_list
-from eigenmap.data.sources import open_source
+from eigenmap.data.sources import ImageFiles, ListSpec
+from eigenmap.data.writer import open_source
 from multilabel_data import SIDE_PX, list_line, make_composites
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,40 +41,40 @@ def test_multi_hot_lines_are_read_and_bad_lines_named_by_number(tmp_path):
         "my file.jpg 0 0 0 1",  # a path with a space: 'file.jpg' reads as a flag
         "f.jpg 1 0 0 -1",
     ])
-    source = open_list(listing)
+    source = ImageFiles.from_list(listing)
     assert source.label_kind == "multi" and source.num_labels == 4 and source.classes == ["0", "1", "2", "3"]
     assert source.line_numbers.tolist() == [1, 6]
     assert source.labels.dtype == np.uint8 and source.labels.tolist() == [[0, 1, 1, 0], [0, 0, 0, 1]]
     assert [source.describe(i) for i in range(len(source))] == [str(tmp_path / "a.jpg"), str(tmp_path / "e.jpg")]
-    bad = {b["line"]: b["reason"] for b in source.bad_lines}
+    bad = {b["line"]: b["reason"] for b in source.unread}
     assert sorted(bad) == [2, 4, 5, 7, 8]
     assert bad[2].startswith("3 label flags, expected 4 (the count on ")
     assert bad[4] == "flag '2' (the 2nd) is not 0 or 1"
     assert bad[5].startswith("no labels after the path")
     assert "a path with spaces?" in bad[7]
     assert bad[8] == "flag '-1' (the 4th) is not 0 or 1"
-    assert all(b["path"].startswith(str(tmp_path)) for b in source.bad_lines)
+    assert all(b["path"].startswith(str(tmp_path)) for b in source.unread)
 
 
 def test_the_flag_count_of_most_lines_is_c_unless_num_labels_says_otherwise(tmp_path):
     listing = _write(tmp_path / "DB.txt", ["a.jpg 0 1 1", "b.jpg 1 0 0", "c.jpg 1 0 0 1"])
-    assert open_list(listing).num_labels == 3 and len(open_list(listing)) == 2
-    chosen = open_list(listing, num_labels=4)
+    assert ImageFiles.from_list(listing).num_labels == 3 and len(ImageFiles.from_list(listing)) == 2
+    chosen = ImageFiles.from_list(listing, num_labels=4)
     assert chosen.num_labels == 4 and chosen.line_numbers.tolist() == [3]
-    assert {b["line"]: b["reason"] for b in chosen.bad_lines}[1] == "3 label flags, expected 4 (--num-labels)"
+    assert {b["line"]: b["reason"] for b in chosen.unread}[1] == "3 label flags, expected 4 (--num-labels)"
 
 
 def test_single_label_lists_take_c_from_the_largest_label_or_num_labels(tmp_path):
     listing = _write(tmp_path / "train.txt", ["a.jpg 3", "b.jpg 0", "c.jpg x", "d.jpg 1 2", "e.jpg 7"])
-    source = open_list(listing)
+    source = ImageFiles.from_list(listing)
     assert source.label_kind == "single" and source.labels.dtype == np.int64
     assert source.labels.tolist() == [3, 0, 7] and source.classes == [str(i) for i in range(8)]
-    bad = {b["line"]: b["reason"] for b in source.bad_lines}
+    bad = {b["line"]: b["reason"] for b in source.unread}
     assert bad == {3: "label 'x' is not a class index (an integer >= 0)",
                    4: "2 labels, expected 1 (the list is single-label: PATH LABEL on each line)"}
-    capped = open_list(listing, num_labels=5)
+    capped = ImageFiles.from_list(listing, num_labels=5)
     assert capped.labels.tolist() == [3, 0] and capped.num_labels == 5
-    assert {b["line"]: b["reason"] for b in capped.bad_lines}[5] == "label 7 is not below the class count 5"
+    assert {b["line"]: b["reason"] for b in capped.unread}[5] == "label 7 is not below the class count 5"
 
 
 def test_relative_paths_start_at_root_and_absolute_paths_are_kept(tmp_path):
@@ -82,37 +82,37 @@ def test_relative_paths_start_at_root_and_absolute_paths_are_kept(tmp_path):
     images.mkdir()
     (tmp_path / "lists").mkdir()
     listing = _write(tmp_path / "lists" / "Q.txt", ["x/a.jpg 0 1", f"{images / 'b.jpg'} 1 0"])
-    source = open_list(listing, root=images)
+    source = ImageFiles.from_list(listing, root=images)
     assert [source.describe(i) for i in range(2)] == [str(images / "x" / "a.jpg"), str(images / "b.jpg")]
-    assert open_list(listing).describe(0) == str(tmp_path / "lists" / "x" / "a.jpg")  # default: the list's folder
+    assert ImageFiles.from_list(listing).describe(0) == str(tmp_path / "lists" / "x" / "a.jpg")  # default: the list's folder
 
 
 def test_class_names_name_the_flags_and_must_match_their_count(tmp_path):
     listing = _write(tmp_path / "DB.txt", ["a.jpg 0 1 1", "b.jpg 1 0 0"])
     names = _write(tmp_path / "names.txt", ["person", "bicycle", "car"])
-    assert open_list(listing, class_names=names).classes == ["person", "bicycle", "car"]
+    assert ImageFiles.from_list(listing, class_names=names).classes == ["person", "bicycle", "car"]
     with pytest.raises(SourceError, match="names 3 classes but --num-labels is 4"):
-        open_list(listing, class_names=names, num_labels=4)
+        ImageFiles.from_list(listing, class_names=names, num_labels=4)
     _write(names, ["person", "car"])
     with pytest.raises(SourceError, match="no usable line"):  # every line has 3 flags, the names say 2
-        open_list(listing, class_names=names)
+        ImageFiles.from_list(listing, class_names=names)
     _write(names, ["person", "car", "car"])
     with pytest.raises(SourceError, match="names 'car' more than once"):
-        open_list(listing, class_names=names)
+        ImageFiles.from_list(listing, class_names=names)
 
 
 def test_unusable_lists_are_refused_with_what_is_accepted(tmp_path):
     with pytest.raises(SourceError, match="does not exist; expected a text file of lines 'PATH FLAG_1"):
-        open_list(tmp_path / "missing.txt")
+        ImageFiles.from_list(tmp_path / "missing.txt")
     with pytest.raises(SourceError, match="has no lines"):
-        open_list(_write(tmp_path / "empty.txt", [""]))
+        ImageFiles.from_list(_write(tmp_path / "empty.txt", [""]))
     with pytest.raises(SourceError, match=r"no usable line \(2 lines: line 1: no labels"):
-        open_list(_write(tmp_path / "paths.txt", ["a.jpg", "b.jpg"]))
+        ImageFiles.from_list(_write(tmp_path / "paths.txt", ["a.jpg", "b.jpg"]))
     with pytest.raises(SourceError, match="--root .* is not a folder"):
-        open_list(_write(tmp_path / "ok.txt", ["a.jpg 1 0"]), root=tmp_path / "nowhere")
+        ImageFiles.from_list(_write(tmp_path / "ok.txt", ["a.jpg 1 0"]), root=tmp_path / "nowhere")
 
 
-def test_open_source_opens_a_list_spec(tmp_path):
+def test_the_writer_opens_a_list_spec_as_image_files(tmp_path):
     listing = _write(tmp_path / "DB.txt", ["a.jpg 0 1", "b.jpg 1 1"])
     source = open_source(ListSpec(listing))
     assert source.kind == "list" and source.labels.tolist() == [[0, 1], [1, 1]]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from eigenmap.data import SourceError, WriterError, read_manifest, write_beton
-from eigenmap.data.sources import load_rgb
+from eigenmap.data.decode import load_rgb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -222,7 +222,7 @@ def test_ctrl_c_during_a_work_queue_put_waits_for_the_put_so_its_lock_is_not_lef
     import os
     from multiprocessing.queues import Queue as QueueClass
 
-    import eigenmap.data.writer as writer
+    import eigenmap.data.ffcv_writer as ffcv_writer
 
     parent, completed = os.getpid(), []
 
@@ -235,7 +235,7 @@ def test_ctrl_c_during_a_work_queue_put_waits_for_the_put_so_its_lock_is_not_lef
             else:
                 super().put(obj, *args, **kwargs)
 
-    monkeypatch.setattr(writer, "Queue", lambda: CtrlCInPut(ctx=multiprocessing.get_context()))
+    monkeypatch.setattr(ffcv_writer, "Queue", lambda: CtrlCInPut(ctx=multiprocessing.get_context()))
     with pytest.raises(KeyboardInterrupt):
         write_beton(imagenette_subset, tmp_path / "out.beton", workers=1)
     assert completed, "the interrupt cut the put short"
@@ -247,7 +247,7 @@ def test_a_writer_process_that_dies_fails_the_write_instead_of_hanging(tmp_path)
 
     from ffcv.fields import IntField, RGBImageField
 
-    from eigenmap.data.writer import _make_writer
+    from eigenmap.data.ffcv_writer import make_writer
 
     class Dying:
         def __len__(self):
@@ -258,7 +258,7 @@ def test_a_writer_process_that_dies_fails_the_write_instead_of_hanging(tmp_path)
                 os._exit(3)  # as if killed (out of memory)
             return np.zeros((8, 8, 3), dtype=np.uint8), 0
 
-    writer = _make_writer(str(tmp_path / "x.beton"), {"image": RGBImageField(), "label": IntField()}, 1 << 21, 2)
+    writer = make_writer(str(tmp_path / "x.beton"), {"image": RGBImageField(), "label": IntField()}, 1 << 21, 2)
     with pytest.raises(WriterError, match="exited with code 3"):
         writer.from_indexed_dataset(Dying(), indices=np.arange(50))
 

@@ -113,3 +113,27 @@ def test_a_folder_without_the_array_asked_for_is_refused(tmp_path):
     require_arrays(inp, "codes")
     with pytest.raises(EvalInputError, match="has no features.npy"):
         require_arrays(inp, "features")
+
+
+def test_a_beton_whose_manifest_records_no_checksum_is_refused_naming_the_command_that_writes_one(tmp_path):
+    import json
+
+    beton = tmp_path / "val.beton"
+    beton.write_bytes(b"x" * 64)
+    manifest = {"classes": ["a", "b"], "counts": {"a": 1, "b": 1}, "num_images": 2, "skipped": [],
+                "max_resolution": None, "label_kind": "single", "num_labels": 2}
+    (tmp_path / "val.beton.json").write_text(json.dumps(manifest))
+    with pytest.raises(EvalInputError, match=r"--queries '.*val\.beton': its manifest records no sha256.*eigenmap "
+                                             r"prepare"):
+        describe(beton, "--queries")
+
+
+def test_a_feature_folder_whose_sidecar_names_no_dataset_checksum_is_refused(tmp_path):
+    import json
+
+    folder = write_arrays(tmp_path / "f", features=True)
+    shapes = {name: list(np.load(folder / f"{name}.npy").shape) for name in ("features", "codes", "labels")}
+    sidecar = {"shapes": shapes, "dataset": {"path": "train.beton", "classes": ["0", "1", "2", "3"]}, "step": 3}
+    (folder / "features.json").write_text(json.dumps(sidecar))
+    with pytest.raises(EvalInputError, match=r"--train '.*f': features\.json records no sha256.*eigenmap extract"):
+        describe(folder, "--train")

@@ -39,7 +39,7 @@ def untrained_run(tmp_path, small_beton) -> Path:
 
     from eigenmap.config import load_config, resolve, save_config
     from eigenmap.models import build_model
-    from eigenmap.train.checkpoint import export_weights
+    from eigenmap.run import export_weights
 
     (tmp_path / "run.yaml").write_text(RUN_CONFIG)
     run_dir = tmp_path / "run"

@@ -54,7 +54,7 @@ def test_two_workers_one_per_node_train_with_every_zero_stage(zero_stage, launch
 def _check_export_of_sharded_checkpoint(run_dir: Path, out: Path) -> None:
     """ZeRO 2 shards only the optimiser state: the exported weights of the last checkpoint are
     the run's final weights, exactly."""
-    from eigenmap.run_dir import export_checkpoint
+    from eigenmap.run import export_checkpoint
 
     written = export_checkpoint(run_dir, out=out)
     exported = torch.load(written["model.pt"], weights_only=True)

@@ -18,8 +18,7 @@ import torch
 import retrieval
 from eigenmap.config import from_dict, resolve, to_yaml
 from eigenmap.models import build_model
-from eigenmap.train.checkpoint import export_weights
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir, export_weights
 from launch.findings import verdict
 from launch.report import write_run_report
 

@@ -29,7 +29,6 @@ def test_step_flops_count_the_backward_as_twice_the_forward():
     from eigenmap.data import BatchAugment
     from eigenmap.data.synthetic import SyntheticTwoViewLoader
     from eigenmap.models import build_model
-    from eigenmap.train.engine import PlainEngine
     from eigenmap.train.optim import build_optimizer
 
     bench = _load_bench()
@@ -43,6 +42,7 @@ def test_step_flops_count_the_backward_as_twice_the_forward():
     augment = BatchAugment(cfg.data, seed=0, device=torch.device("cpu"))
     loader = SyntheticTwoViewLoader(cfg.data, num_classes=10, rank=0, world_size=1, seed=0,
                                     device=torch.device("cpu"))
+    PlainEngine = load_script("tools/plain_engine.py").PlainEngine
     step = bench.count_step_flops(PlainEngine(model, build_optimizer(model, cfg), "fp32"), augment, loader)
     v1, v2, labels = next(iter(loader))
     x = torch.cat(augment(v1, v2)).contiguous(memory_format=torch.channels_last)

@@ -12,8 +12,8 @@ import torchvision
 
 from eigenmap.config import from_dict
 from eigenmap.models import build_model
-from eigenmap.train.checkpoint import (LocalCheckpointStore, export_weights, find_latest, is_complete, newest_good,
-                                       verify_checkpoint)
+from eigenmap.run import export_weights
+from eigenmap.train.checkpoint import LocalCheckpointStore, find_latest, is_complete, newest_good, verify_checkpoint
 
 
 def _write_complete(step: int):
@@ -26,6 +26,18 @@ def _write_complete(step: int):
         (path / "meta.json").write_text(json.dumps({"step": step, "world_size": 1}))
     return write
 
+
+
+def test_a_checkpoint_without_its_file_list_is_unusable(tmp_path):
+    """Every checkpoint is sealed (its files listed) before it is published: one without a list
+    was never finished, and its parts alone cannot say whether they are whole."""
+    root = tmp_path / "checkpoints"
+    store = LocalCheckpointStore(root, keep=3)
+    store.save(2, _write_complete(2), {})
+    store.save(4, _write_complete(4), {})
+    (root / "step_00000004" / "files.json").unlink()
+    assert "no file list" in verify_checkpoint(root / "step_00000004", checksums=False)
+    assert find_latest(root).name == "step_00000002"
 
 def test_an_interrupted_write_never_hides_the_previous_checkpoint(tmp_path):
     store = LocalCheckpointStore(tmp_path / "checkpoints", keep=3)
@@ -123,9 +135,3 @@ def test_a_file_the_list_does_not_know_makes_the_checkpoint_incomplete(tmp_path)
     root = _saved(tmp_path, steps=(4,))
     (root / "step_00000004" / "rng_rank1.pt").write_bytes(b"x")  # e.g. a rank's list that never arrived
     assert "not in its file list" in verify_checkpoint(root / "step_00000004", checksums=False)
-
-
-def test_a_checkpoint_written_before_file_lists_still_counts_when_whole(tmp_path):
-    step_dir = tmp_path / "checkpoints" / "step_00000004"
-    _write_complete(4)(step_dir)
-    assert is_complete(step_dir) and find_latest(tmp_path / "checkpoints") == step_dir

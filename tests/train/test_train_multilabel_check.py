@@ -18,7 +18,7 @@ def multi_label_beton(tmp_path_factory) -> Path:
     from PIL import Image
 
     from eigenmap.data import write_beton
-    from eigenmap.data.list_source import ListSpec
+    from eigenmap.data.sources import ListSpec
 
     root = tmp_path_factory.mktemp("multi_label")
     lines = []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir
 from eigenmap.train import preempt
 from eigenmap.train.exit_codes import EXIT_CODES
 from eigenmap.train.preempt import (INTERRUPTED, PREEMPTED, REPEAT_SECONDS, StopRequest,

@@ -89,7 +89,7 @@ def test_a_truncated_checkpoint_is_passed_over_and_each_step_is_logged_once(base
 
 
 def test_export_writes_the_weights_of_any_kept_checkpoint(base_run, tmp_path, capsys):
-    from eigenmap.run_dir import load_run
+    from eigenmap.run import load_run
     from launch.cli import main
 
     run_dir = _copy(base_run, tmp_path)

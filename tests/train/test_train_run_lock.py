@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 
-from eigenmap.run_layout import RunDir
+from eigenmap.run import RunDir
 from eigenmap.train.run_lock import RunLockError, acquire, release, run_lock
 
 

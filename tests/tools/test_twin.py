@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from eigenmap.config import DataConfig
-from eigenmap.data import build_train_loader, build_twin_train_loader, read_manifest
+from eigenmap.data import build_train_loader, read_manifest
+from script_loader import load_script
 
 RES = 64
 BATCH = 32
@@ -45,8 +46,9 @@ def _crops(loader, epochs):
 def both(imagenette_subset, subset_beton):
     cfg = DataConfig(resolution=RES, batch_size_per_worker=BATCH, loader_workers=1)
     ffcv = build_train_loader(cfg, subset_beton, rank=0, world_size=1, seed=1)
-    twin = build_twin_train_loader(cfg, imagenette_subset, rank=0, world_size=1, seed=1, num_workers=0,
-                                   exclude=[s["path"] for s in read_manifest(subset_beton)["skipped"]])
+    skipped = [s["path"] for s in read_manifest(subset_beton)["skipped"]]
+    twin = load_script("tools/twin.py").build_twin_train_loader(cfg, imagenette_subset, rank=0, world_size=1, seed=1,
+                                                                num_workers=0, exclude=skipped)
     return ffcv, twin
 
 

@@ -2,7 +2,7 @@
 
 Same contract as :class:`~eigenmap.data.ffcv_loaders.TwoViewLoader`, for comparison (the
 benchmark's baseline) and as a reference in tests: each image is decoded once (Pillow, through
-:func:`~eigenmap.data.sources.load_rgb`, the writer's own sanitiser), two independent
+:func:`~eigenmap.data.decode.load_rgb`, the writer's own sanitiser), two independent
 ``RandomResizedCrop`` + ``RandomHorizontalFlip`` views are cut from it on the DataLoader's
 worker processes, and batches ``(view1 uint8 [B,3,H,W], view2 uint8 [B,3,H,W], labels int64 [B])``
 come out, ready for the same :class:`~eigenmap.data.augment.BatchAugment`.
@@ -25,8 +25,8 @@ from typing import Iterable, Optional, Union
 import numpy as np
 import torch
 
-from .sharding import steps_per_epoch, train_shard
-from .sources import ImageFolderSource, SourceError, open_source
+from eigenmap.data.sharding import steps_per_epoch, train_shard
+from eigenmap.data.sources import ImageFiles
 
 __all__ = ["TwoViewFolder", "ShardSampler", "TwinLoader", "build_twin_train_loader"]
 
@@ -59,9 +59,7 @@ class TwoViewFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, data_cfg, image_folder: Union[str, os.PathLike], exclude: Iterable[str] = ()):
-        source = open_source(image_folder)
-        if not isinstance(source, ImageFolderSource):
-            raise SourceError(f"'{image_folder}' is not an ImageFolder tree; the twin reads class folders only")
+        source = ImageFiles.from_folder(image_folder)
         excluded = {os.path.abspath(p) for p in exclude}
         keep = np.ones(len(source), dtype=bool)
         if excluded:

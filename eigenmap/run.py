@@ -1,27 +1,176 @@
-"""A run directory read back: its resolved config and its trained model (the inverse of export).
+"""The run directory: every file and folder of it named in one place (:class:`RunDir`), the
+trained model read back (:func:`load_run`) and written (:func:`export_weights`,
+:func:`export_checkpoint`).
 
-A finished run holds ``config.yaml`` (the resolved config), ``model.pt`` (the whole module:
-encoder, projector, L2-BatchNorm statistics, online head) and ``encoder.pt``;
-``status.json`` says how it ended and at which step. Evaluation starts from
-:func:`load_run`. A run that has not finished (preempted, stopped, still running) has
-weights in its kept checkpoints: :func:`export_checkpoint` (``eigenmap export RUN [--step N]``)
-writes ``model.pt`` and ``encoder.pt`` from one, and ``load_run(run, step=N)`` loads one.
+A run directory is ``train.run_dir``; ``docs/run-directory.md`` says what each of its files
+holds, who writes it and who reads it. A finished run holds ``model.pt`` (the whole module:
+encoder, projector, L2-BatchNorm statistics, online head) and ``encoder.pt``; ``status.json``
+says how it ended and at which step. Evaluation starts from :func:`load_run`. A run that has not
+finished (preempted, stopped, still running) has weights in its kept checkpoints:
+:func:`export_checkpoint` (``eigenmap export RUN [--step N]``) writes ``model.pt`` and
+``encoder.pt`` from one, and ``load_run(run, step=N)`` loads one.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
 import torch
 
 from eigenmap.config import Config, from_dict, load_config, to_dict
+from eigenmap.durable import publish
 from eigenmap.models import EigenmapModel, build_model
-from eigenmap.run_layout import RunDir
-from eigenmap.train.checkpoint import export_weights
 from eigenmap.train.checkpoint_files import ENGINE_TAG, checkpoint_step, find_latest, read_meta, verify_checkpoint
 
-__all__ = ["RunDirError", "LoadedRun", "load_run", "read_status", "export_checkpoint"]
+__all__ = ["RunDir", "pair_name", "RunDirError", "LoadedRun", "load_run", "export_weights", "export_checkpoint"]
+
+
+def pair_name(first: str, second: str) -> str:
+    """The folder name of an evaluation of two sets, e.g. ``train--val``."""
+    return f"{first}--{second}"
+
+
+class RunDir:
+    """The paths of one run directory (nothing is created by naming it)."""
+
+    def __init__(self, path: Union[str, os.PathLike]):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # training
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def status(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def attempts(self) -> Path:
+        return self.path / "attempts.jsonl"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def workers(self) -> Path:
+        return self.path / "workers"
+
+    def worker_file(self, rank: int, kind: str = "") -> Path:
+        """``workers/rank{rank}.json`` (``kind`` "ray": ``rank{rank}.ray.json``, the Ray node of the rank)."""
+        return self.workers / f"rank{rank}{'.' + kind if kind else ''}.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / "run.lock"
+
+    @property
+    def stop_file(self) -> Path:
+        return self.path / "stop_requested"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def encoder(self) -> Path:
+        return self.path / "encoder.pt"
+
+    # evaluation
+    @property
+    def eval(self) -> Path:
+        return self.path / "eval"
+
+    def features(self, name: str) -> Path:
+        """``eval/features/<name>``: one dataset's arrays through this run's model."""
+        return self.eval / "features" / name
+
+    def probe(self, pair: str) -> Path:
+        """``eval/probe/<pair>``: the probe and kNN figures of one (train, val) pair."""
+        return self.eval / "probe" / pair
+
+    def retrieval(self, array: str, pair: str) -> Path:
+        """``eval/retrieval/<array>/<pair>``: the retrieval report of one (database, queries) pair."""
+        return self.eval / "retrieval" / array / pair
+
+    def probe_reports(self) -> list[Path]:
+        """Every ``probe.json`` the run holds, oldest first."""
+        return _by_mtime((self.eval / "probe").glob("*/probe.json"))
+
+    def retrieval_reports(self, array: Optional[str] = None) -> list[Path]:
+        """Every ``retrieval.json`` the run holds (of ``array``, or of all), oldest first."""
+        return _by_mtime((self.eval / "retrieval").glob(f"{array or '*'}/*/retrieval.json"))
+
+    @property
+    def ray_storage(self) -> Path:
+        """Where Ray Train keeps its bookkeeping of an extraction job on this run."""
+        return self.eval / ".ray"
+
+    # reports
+    @property
+    def report(self) -> Path:
+        return self.path / "report"
+
+    @property
+    def demo(self) -> Path:
+        return self.path / "demo.json"
+
+    # reading (each file's writer: docs/run-directory.md)
+    def read_status(self) -> Optional[dict]:
+        """``status.json`` (how the last start ended), or None while there is none."""
+        return _read_json(self.status)
+
+    def read_attempts(self) -> list[dict]:
+        """The rows of ``attempts.jsonl`` (none before the first start)."""
+        return _read_jsonl(self.attempts)
+
+    def read_metrics(self) -> list[dict]:
+        """The rows of ``metrics.jsonl`` (none before the first logged step)."""
+        return _read_jsonl(self.metrics)
+
+    def read_demo(self) -> Optional[dict]:
+        return _read_json(self.demo)
+
+
+def _by_mtime(paths) -> list[Path]:
+    return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+# ------------------------------------------------------------------------------------------
+# The trained model, read back and written
+# ------------------------------------------------------------------------------------------
 
 
 class RunDirError(ValueError):
@@ -37,11 +186,6 @@ class LoadedRun(NamedTuple):
     model: EigenmapModel
     step: Optional[int]
     weights: Path
-
-
-def read_status(run_dir: Union[str, Path]) -> Optional[dict]:
-    """``status.json`` of a run (how it ended), or None while it has none."""
-    return RunDir(run_dir).read_status()
 
 
 def load_run(run_dir: Union[str, Path], *, device: Union[str, torch.device] = "cpu",
@@ -67,7 +211,7 @@ def load_run(run_dir: Union[str, Path], *, device: Union[str, torch.device] = "c
         cfg, model = _checkpoint_model(run_dir, ckpt)
         return LoadedRun(cfg, model.to(device).eval(), step, ckpt)
     weights = RunDir(run_dir).model
-    status = read_status(run_dir)
+    status = RunDir(run_dir).read_status()
     if not weights.is_file():
         how = (f"status.json says {status.get('status')!r} at step {status.get('step')}" if status
                else "it has no status.json: still running, or stopped before its end")
@@ -127,6 +271,22 @@ def _checkpoint_model(run_dir: Path, ckpt: Path) -> tuple[Config, EigenmapModel]
     return cfg, model
 
 
+def export_weights(model: torch.nn.Module, run_dir: Path) -> dict[str, Path]:
+    """Rank 0: write ``encoder.pt`` (a plain torchvision ResNet state dict, no ``fc``; load it
+    with ``resnet.load_state_dict(sd, strict=False)``) and ``model.pt`` (the whole module:
+    encoder, projector, L2-BatchNorm statistics, online head). Atomic and durable (temp file,
+    fsync, rename)."""
+    run = RunDir(run_dir)
+    out = {}
+    for path, module in ((run.encoder, model.backbone), (run.model, model)):
+        sd = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(sd, tmp)
+        publish(tmp, path)
+        out[path.name] = path
+    return out
+
+
 def export_checkpoint(run_dir: Union[str, Path], *, step: Optional[int] = None, out: Optional[Union[str, Path]] = None,
                       overwrite: bool = False) -> dict[str, Path]:
     """Write ``model.pt`` and ``encoder.pt`` (the format of a finished run's) from a kept
@@ -149,7 +309,7 @@ def export_checkpoint(run_dir: Union[str, Path], *, step: Optional[int] = None, 
     ckpt = _find_checkpoint(run_dir, step)
     out = Path(out) if out is not None else run_dir
     if RunDir(out).model.exists() and not overwrite:
-        status = read_status(run_dir) if out == run_dir else None
+        status = RunDir(run_dir).read_status() if out == run_dir else None
         what = f" (the run's own: status {status.get('status')!r} at step {status.get('step')})" if status else ""
         raise RunDirError(f"'{RunDir(out).model}' exists{what}; write elsewhere or overwrite it "
                           "(`eigenmap export`: --out DIR or --overwrite)")
