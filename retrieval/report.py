@@ -177,20 +177,21 @@ def plot_map(results: dict) -> Figure:
     dims = [r["dim"] for r in recs]
     fig, ax = _axes(f"{results['name']}: mAP@{R} against code length ({results['sizes']['database']} database rows)",
                     f"mAP@{R}")
-    ax.plot(dims, [r["codes"]["map"] for r in recs], "o-", label=f"{results['name']} prefix (first m dims)")
+    ax.plot(dims, [r["codes"]["map"] for r in recs], "o-", label=f"{results['name']} prefix (first m dims), all queries")
     if results.get("baselines") is not None:
         with_rs = [r for r in recs if r.get("random_subset")]
         with_pca = [r for r in recs if r.get("pca")]
         sample = results["baselines"].get("query_sample", "all queries")
-        note = "" if sample == "all queries" else f", on {sample}"
-        if note:  # the baselines' points sit beside the prefix on the same queries, not on all of them
+        on = "all queries" if sample == "all queries" else "sampled queries"
+        if sample != "all queries":  # the baselines' points sit beside the prefix on the same queries
             own = [r for r in recs if r.get("codes_on_baseline_queries")]
             ax.plot([r["dim"] for r in own], [r["codes_on_baseline_queries"]["map"] for r in own], "o", color="C0",
-                    fillstyle="none", markersize=9, label=f"prefix{note}")
+                    fillstyle="none", markersize=9, label="prefix, sampled queries")
+            ax.set_title(f"{ax.get_title()}\nsampled queries: {sample}", fontsize=9)
         ax.errorbar([r["dim"] for r in with_rs], [r["random_subset"]["map_mean"] for r in with_rs],
                     yerr=[r["random_subset"]["map_std"] for r in with_rs], fmt="s--", capsize=3,
-                    label=f"random m-subset (mean ± std, {results['baselines']['random_draws']} draws{note})")
-        ax.plot([r["dim"] for r in with_pca], [r["pca"]["map"] for r in with_pca], "^:", label=f"PCA to m dims{note}")
+                    label=f"random m-subset (mean ± std, {results['baselines']['random_draws']} draws), {on}")
+        ax.plot([r["dim"] for r in with_pca], [r["pca"]["map"] for r in with_pca], "^:", label=f"PCA to m dims, {on}")
     chance = results.get("chance")
     if chance is not None:
         ax.axhline(chance["map"], color="0.4", linestyle="-.", linewidth=1,
@@ -224,8 +225,6 @@ def _finish_plot(fig: Figure, ax, dims: list[int], funnel: dict | None, key: str
         ax.plot([funnel["short_dim"]], [funnel[key]], "*", markersize=14,
                 label=f"funnel {funnel['short_dim']} -> {funnel['rerank_dim']} ({note})")
     ax.set_xticks(dims, [str(d) for d in dims], fontsize=8)
-    handles = ax.get_legend_handles_labels()[0]
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2 if len(handles) > 2 else 1,
-              frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
