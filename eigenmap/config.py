@@ -370,19 +370,24 @@ class KeyDescription(typing.NamedTuple):
     help: str
 
 
-def describe_keys(cls: type = Config, prefix: str = "") -> list[KeyDescription]:
+def describe_keys(cls: type = Config, prefix: str = "", defaults: Any = None) -> list[KeyDescription]:
     """Every leaf key of the schema under ``cls``, in declaration order (what ``eigenmap config
-    --keys`` lists)."""
+    --keys`` lists).
+
+    Each default is read from a default-built config (``defaults``: an instance of ``cls``; by
+    default ``cls()``), not from the field: a section's factory may set its own values
+    (``data.view2`` is built with blur 0.1 and solarize 0.2, not the view class's 1.0 and 0.0).
+    """
     out = []
+    defaults = cls() if defaults is None else defaults
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        tp = hints[f.name]
+        tp, default = hints[f.name], getattr(defaults, f.name)
         if dataclasses.is_dataclass(tp):
-            out += describe_keys(tp, f"{prefix}{f.name}.")
+            out += describe_keys(tp, f"{prefix}{f.name}.", default)
             continue
         limits = " and ".join(f"{sym} {f.metadata[name]}" for name, sym in
                               (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if name in f.metadata)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         out.append(KeyDescription(prefix + f.name, _type_name(tp) + (f", {limits}" if limits else ""),
                                   to_dict(default) if dataclasses.is_dataclass(default) else default,
                                   f.metadata.get("help", "")))

@@ -4,7 +4,8 @@ It loads, resolves and checks the config exactly as ``train`` does (the same fun
 ``load_train_config``: the training data is read for its image count), prints it as YAML,
 ``derived`` section included (global batch, peak lr, steps per epoch, the planned total and
 warm-up steps), with the plan in words above it, and starts nothing. A config ``train`` would
-refuse is refused here with the same message (exit 2).
+refuse is refused here with the same message (exit 2), except a recipe whose training data is
+not prepared yet: it is printed with its data-dependent plan marked unknown.
 
 ``eigenmap config --keys`` lists every key of the schema with its type, limits, default and help.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -41,20 +43,43 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     from eigenmap.config import ConfigError, to_yaml
-    from eigenmap.train.checks import load_train_config
-    from eigenmap.train.schedule import plan_in_words
 
     try:
-        cfg = load_train_config(args.config, args.overrides)
+        cfg, plan_words = _resolved_with_plan(args.config, args.overrides)
     except ConfigError as e:
         print(f"eigenmap config: error: {e}", file=sys.stderr)
         return 2
-    plan = textwrap.wrap(f"the plan: {plan_in_words(cfg)}.", width=98)
+    plan = textwrap.wrap(plan_words, width=98)
     print(f"# `eigenmap train {' '.join([args.config, *args.overrides])}` would run this resolved config "
           "(nothing was started).")
     print("\n".join(f"# {line}" for line in plan))
     print(to_yaml(cfg), end="")
     return 0
+
+
+def _resolved_with_plan(path: str, overrides: list[str]):
+    """The config ``train`` would run and its plan in words. A recipe whose training data is not
+    prepared yet (``data.train_path`` names no file so far) is still shown, its data-dependent
+    plan marked unknown (``derived.train_images``, ``steps_per_epoch``, ``total_steps`` and
+    ``warmup_steps`` null); ``train`` itself refuses it until the file exists.
+
+    Raises:
+        ConfigError: what ``train`` would refuse, but for the missing data file.
+    """
+    from eigenmap.config import load_config
+    from eigenmap.data.synthetic import SYNTHETIC
+    from eigenmap.train.checks import load_train_config, prepare_train_config
+    from eigenmap.train.schedule import plan_in_words
+
+    data = load_config(path, overrides).data.train_path
+    if not data or data == SYNTHETIC or Path(data).expanduser().exists():
+        cfg = load_train_config(path, overrides)
+        return cfg, f"the plan: {plan_in_words(cfg)}."
+    cfg = prepare_train_config(load_config(path, overrides), check_paths=False)
+    return cfg, (f"the plan: unknown until data.train_path '{cfg.data.train_path}' is prepared (it does not exist "
+                 "yet; write it with `eigenmap prepare SRC OUT.beton`): steps per epoch, total and warm-up steps "
+                 "depend on its image count (derived.* null below); `eigenmap train` refuses it until then. "
+                 f"Known now: a global batch of {cfg.derived.global_batch_size} and the peak lr {cfg.derived.lr:.4g}.")
 
 
 def keys_listing() -> str:

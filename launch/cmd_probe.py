@@ -19,8 +19,14 @@
 4. Weighted kNN (cosine, votes exp(sim / T), T = 0.07, k = 20 and 200 by default) top-1, on the
    encoder features and on the codes, reading the training set in blocks within ``--memory-budget``.
 
+5. Leaks are caught by content: every --val image is matched to its nearest --train image by
+   pixel signatures (``eigenmap.eval.overlap``); when 10% or more of --val are near-duplicates
+   (the same images prepared again) the probe is refused unless ``--allow-overlap``. The overlap
+   (count, share, closest pairs by row) is recorded in probe.json either way.
+
 Results go to ``RUN/eval/probe/<train>--<val>/probe.json`` (or ``--out``; a folder holding the
-figures of other inputs is kept unless ``--overwrite``), and to ``--json``.
+figures of other inputs is kept unless ``--overwrite``), and to ``--json``. A rerun with the same
+inputs, weights (by content) and settings reuses that file's figures (``--recompute`` to redo).
 """
 
 from __future__ import annotations
@@ -55,6 +61,12 @@ def add_parser(subparsers) -> None:
                    help="bytes kNN holds for one block of training rows and its scores, e.g. 1GiB (the default)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/eval/probe/<train>--<val>)")
     p.add_argument("--overwrite", action="store_true", help="replace a report of other inputs in the folder")
+    p.add_argument("--recompute", action="store_true",
+                   help="compute again although the folder holds the figures of these inputs, weights and settings "
+                        "(default: they are reused)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="go on although --val is largely made of near-duplicates of --train images (a leaked "
+                        "validation set; the overlap is recorded in probe.json either way)")
     add_extraction_arguments(p)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here too")
     p.set_defaults(func=run)
@@ -64,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from eigenmap.config import EvalConfig
     from eigenmap.eval.inputs import EvalInputError, check_pair, describe, load_arrays, require_arrays
     from eigenmap.eval.probe_knn import augmented_batches, probe_and_knn
-    from eigenmap.eval.reports import check_report_folder, publish_report
+    from eigenmap.eval.reports import check_report_folder, finished_report, publish_report
     from eigenmap.run import RunDir, RunDirError, load_run, pair_name
 
     try:
@@ -93,8 +105,13 @@ def run(args: argparse.Namespace) -> int:
         inputs = {"train": sets[0].to_dict(), "val": sets[1].to_dict()}
         folder = args.out or RunDir(args.run).probe(pair_name(sets[0].name, sets[1].name))
         check_report_folder(folder, "probe.json", inputs, overwrite=args.overwrite, out_flag="--out")
-        arrays = _load(sets, loaded, args, device, load_arrays)
         settings = loaded.config.eval if loaded is not None else EvalConfig()
+        request = _request(args, loaded, settings, device)
+        done = None if args.recompute else finished_report(folder, "probe.json", inputs, request)
+        if done is not None:
+            return _reused(done, folder, args)
+        arrays = _load(sets, loaded, args, device, load_arrays)
+        overlap = _check_overlap(arrays, args.allow_overlap)
         batches = (augmented_batches(loaded.model, loaded.config, args.train, settings.probe_batch_size, device)
                    if args.augmented else None)
         figures = probe_and_knn(*arrays, settings, num_classes=classes, device=device,
@@ -111,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
     figures = {"run": str(args.run.resolve()) if args.run else None, "step": loaded.step if loaded else None,
                "weights": str(loaded.weights) if loaded else None,
                "arch": loaded.config.model.arch if loaded else None, "loss": loaded.config.loss.name if loaded else None,
-               "inputs": inputs, "train": _describe(arrays[0], sets[0]), "val": _describe(arrays[1], sets[1]),
-               "device": str(device), "warnings": warnings, **figures}
+               "inputs": inputs, "request": request, "train": _describe(arrays[0], sets[0]),
+               "val": _describe(arrays[1], sets[1]), "overlap": overlap, "device": str(device), "warnings": warnings,
+               **figures}
     text = json.dumps(figures, indent=1) + "\n"
     publish_report(folder, lambda tmp: (tmp / "probe.json").write_text(text))
     if args.json:
@@ -130,6 +148,46 @@ def _pair_warnings(train, val) -> list[str]:
                 f"validation set --val '{val.path}' ({val.num_images:,}): were the two swapped? The probe trains on "
                 "--train and reports accuracy on --val"]
     return []
+
+
+def _request(args: argparse.Namespace, loaded, settings, device) -> dict:
+    """What the figures depend on besides the inputs: the weights (by content) and the settings."""
+    from eigenmap.config import to_dict
+    from eigenmap.durable import sha256_of
+
+    return {"weights_sha256": sha256_of(loaded.weights) if loaded is not None else None,
+            "seed": loaded.config.train.seed if loaded is not None else 0, "eval": to_dict(settings),
+            "epochs": args.epochs, "lr": args.lr, "knn_k": args.knn_k, "knn_only": args.knn_only,
+            "augmented": args.augmented, "scale_by_eigenvalue": args.scale_by_eigenvalue, "device": str(device),
+            "allow_overlap": args.allow_overlap}
+
+
+def _reused(figures: dict, folder: Path, args: argparse.Namespace) -> int:
+    """A finished probe of the same inputs, weights and settings: its figures, not computed again."""
+    print(f"eigenmap probe: {folder / 'probe.json'} holds the figures of these inputs, weights and settings: "
+          "reused (--recompute computes them again)", file=sys.stderr)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    _print(figures, folder / "probe.json")
+    return 0
+
+
+def _check_overlap(arrays, allowed: bool) -> dict:
+    """Near-duplicates of --train images among --val's: a leak (a large share) is refused unless
+    ``allowed``; any overlap is said on the console and recorded."""
+    from eigenmap.eval.inputs import EvalInputError
+    from eigenmap.eval.overlap import LEAK_SHARE, overlap_sentence, set_overlap
+
+    found = set_overlap(*arrays)
+    said = overlap_sentence(found, "--train", "--val")
+    if found["leak"] and not allowed:
+        raise EvalInputError(f"{said}. A validation set leaked into the training set (the same images prepared "
+                             f"again?) inflates every figure: {LEAK_SHARE:.0%} or more of --val is refused; accepted: "
+                             "a --val held out from --train, or --allow-overlap to score it anyway")
+    if found["count"]:
+        print(f"eigenmap probe: warning: {said}", file=sys.stderr)
+    return found
 
 
 def _load(sets, loaded, args: argparse.Namespace, device, load_arrays) -> tuple:

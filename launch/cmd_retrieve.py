@@ -68,6 +68,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="report folder (default RUN/eval/retrieval/<codes|features>/<database>--<queries>)")
     p.add_argument("--overwrite", action="store_true", help="replace a report of other inputs in the folder")
+    p.add_argument("--recompute", action="store_true",
+                   help="measure again although the folder holds the report of these inputs, weights and settings "
+                        "(default: it is reused)")
     add_extraction_arguments(p)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here too")
     p.set_defaults(func=run)
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from retrieval.checks import check_R
     from retrieval.prefix import resolve_lengths
     from eigenmap.eval.inputs import EvalInputError, check_pair, describe, load_arrays, require_arrays
-    from eigenmap.eval.reports import check_report_folder, publish_report
+    from eigenmap.eval.reports import check_report_folder, finished_report, publish_report
     from eigenmap.run import RunDir, RunDirError, load_run, pair_name
 
     array = "features" if args.features else "codes"
@@ -103,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         out = args.out or RunDir(args.run).retrieval(array, pair_name(database.name, queries.name))
         check_report_folder(out, "retrieval.json", inputs, overwrite=args.overwrite, out_flag="--out",
                             lost=lambda report: _lost(report, lengths, args))
+        request = _request(args, loaded, device)
+        if not args.recompute and finished_report(out, "retrieval.json", inputs, request) is not None:
+            return _reused(out, args)
         extract = extractor(args, loaded, args.run, device) if loaded is not None else None
         db_arrays, q_arrays = (load_arrays(inp, run_dir=args.run, weights=loaded and loaded.weights,
                                            scale_by_eigenvalue=args.scale_by_eigenvalue,
@@ -117,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
                                             min_seconds=args.min_timed_seconds),
             baselines=None if args.no_baselines else retrieval.BaselineSettings(),
             funnel=None if args.no_funnel else retrieval.FunnelSettings())
+        results["overlap"] = _overlap(db_arrays, q_arrays)
     except (RunDirError, ValueError) as e:
         print(f"eigenmap retrieve: error: {e}", file=sys.stderr)
         return 2
@@ -124,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         print("eigenmap retrieve: interrupted; no report was written (arrays extracted before the interrupt are "
               "kept and reused); run the same command again", file=sys.stderr)
         return INTERRUPTED
-    results["inputs"] = inputs
+    results["inputs"], results["request"] = inputs, request
     paths = publish_report(out, lambda tmp: retrieval.write_report(results, tmp))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -146,3 +153,38 @@ def _lost(report: dict, lengths: list[int], args: argparse.Namespace) -> list[st
     if report.get("funnel") is not None and args.no_funnel:
         lost.append("the funnel (this request: --no-funnel)")
     return lost
+
+
+def _request(args: argparse.Namespace, loaded, device) -> dict:
+    """What the report depends on besides the inputs: the weights (by content) and the options."""
+    from eigenmap.durable import sha256_of
+
+    options = ("features", "dims", "index", "backend", "R", "no_baselines", "no_funnel", "repeats", "timing_queries",
+               "min_timed_seconds", "memory_budget", "scale_by_eigenvalue")
+    return {"weights_sha256": sha256_of(loaded.weights) if loaded is not None else None,
+            "seed": loaded.config.train.seed if loaded is not None else 0, "device": str(device),
+            **{name: getattr(args, name) for name in options}}
+
+
+def _reused(out: Path, args: argparse.Namespace) -> int:
+    """A finished report of the same inputs, weights and options: shown again, not measured again."""
+    print(f"eigenmap retrieve: {out / 'retrieval.json'} holds the report of these inputs, weights and options: "
+          "reused (--recompute measures it again)", file=sys.stderr)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text((out / "retrieval.json").read_text())
+    print((out / "retrieval.md").read_text())
+    print(f"written to {out}")
+    return 0
+
+
+def _overlap(database, queries) -> dict:
+    """Queries with a near-duplicate in the database: said and recorded, not refused (a database
+    may hold the queries on purpose)."""
+    from eigenmap.eval.overlap import overlap_sentence, set_overlap
+
+    found = set_overlap(database, queries)
+    if found["count"]:
+        print(f"eigenmap retrieve: note: {overlap_sentence(found, '--database', '--queries')}; each finds its "
+              "copy first, which raises mAP", file=sys.stderr)
+    return found

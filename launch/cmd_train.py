@@ -26,7 +26,8 @@ from eigenmap.train.checks import load_train_config
 from eigenmap.train.exit_codes import exit_code
 from eigenmap.train.preempt import INTERRUPTED
 from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP
-from eigenmap.train.run_start import OUTSIDE_TRAINING, REFUSALS, command_line, report_end, starting_run
+from eigenmap.train.run_start import (OUTSIDE_TRAINING, REFUSALS, command_line, finished_run, report_end,
+                                      starting_run)
 from eigenmap.train.schedule import plural
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ examples:
   eigenmap train configs/imagenet_resnet50_100ep.yaml --address auto          # join a running cluster
   eigenmap train configs/demo.yaml data.train_path=synthetic train.max_steps=20 --json out.json
 Running it again with the same train.run_dir resumes from the latest checkpoint (add
---allow-config-change to resume with another batch, worker count, data, model or loss).
+--allow-config-change to resume with another batch, worker count, data, model or loss); on a
+finished run it says so in seconds and changes nothing.
 SIGTERM (SLURM, Kubernetes, spot instances) saves a checkpoint and exits 75, Ctrl-C the same and
 exits 130: run the same command again to resume. Weights of a kept checkpoint:
 eigenmap export RUN_DIR [--step N]."""
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_train_config(args.config, overrides)
         with starting_run(cfg, allow_config_change=args.allow_config_change):
-            summary = _train(cfg, args.allow_config_change)
+            # a finished run is kept as it is, without starting Ray
+            summary = finished_run(cfg) or _train(cfg, args.allow_config_change)
     except REFUSALS as e:
         print(f"eigenmap train: error: {e}", file=sys.stderr)
         return exit_code("refused")

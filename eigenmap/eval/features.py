@@ -6,11 +6,15 @@ A feature folder holds
 - ``codes.npy``: [N, k] float32 eigenfunction outputs with the L2-BatchNorm inference
   normalisation psi / sqrt(running mean square) (optionally times sqrt(eigenvalue)); other
   objectives store the raw projector output;
+- ``thumbnails.npy``: [N, 256] float32 pixel signatures of the images as the encoder saw them
+  (grey, 16 x 16 averages, centred and L2-normalised; :func:`thumbnails`): a near-duplicate
+  image across two sets is found by them whatever the model learnt (:mod:`eigenmap.eval.overlap`);
 - ``labels.npy``: [N] int64 class indices, or [N, C] uint8 multi-hot rows of 0/1 (a multi-label
   dataset, written from a list file), in dataset order;
-- ``features.json``: the sidecar (run, weights and their step, dataset file with its size and
-  the sha256 of its contents, shapes, device, precision, seconds). It is written last: a folder
-  without it is incomplete, and an interrupted extraction removes its partial folder.
+- ``features.json``: the sidecar (run, weights with the sha256 of their contents and their step,
+  dataset file with its size and the sha256 of its contents, shapes, device, precision,
+  seconds). It is written last: a folder without it is incomplete, and an interrupted
+  extraction removes its partial folder.
 
 The arrays are written as they are extracted (``.npy`` memory maps), never held whole in RAM,
 so ImageNet's 1.28 M x 8,192 codes (42 GB) only need the disk. With several workers (each its
@@ -37,15 +41,19 @@ import torch
 from eigenmap import dist
 from eigenmap.config import Config
 from eigenmap.data import build_eval_loader, read_manifest
+from eigenmap.durable import sha256_of
 from eigenmap.models import EigenmapModel
 from eigenmap.run import RunDir
 from retrieval.progress import Progress
 
-__all__ = ["FeatureSet", "FeatureError", "extract_features", "load_features", "feature_folder", "matches", "SIDECAR"]
+__all__ = ["FeatureSet", "FeatureError", "extract_features", "load_features", "feature_folder", "matches",
+           "weights_identity", "thumbnails", "SIDECAR"]
 
 log = logging.getLogger(__name__)
 
 FEATURES, CODES, LABELS, SIDECAR = "features.npy", "codes.npy", "labels.npy", "features.json"
+THUMBNAILS = "thumbnails.npy"
+THUMBNAIL_SIDE = 16  # 256 values: measured to tell a re-encoded copy (cosine >= 0.994) from another image
 
 
 class FeatureError(ValueError):
@@ -61,6 +69,7 @@ class FeatureSet:
     codes: Optional[np.ndarray]  # [N, k] float32 (likewise)
     labels: np.ndarray  # [N] int64, or [N, C] 0/1 flags of a multi-label set
     meta: dict
+    thumbnails: Optional[np.ndarray] = None  # [N, 256] float32 pixel signatures (None: not extracted here)
 
 
 def feature_folder(run_dir: Union[str, Path], data_path: Union[str, Path], *, scale_by_eigenvalue: bool = False) -> Path:
@@ -91,13 +100,33 @@ def load_features(folder: Union[str, Path]) -> FeatureSet:
         if list(arrays[name].shape) != meta["shapes"][name]:
             raise FeatureError(f"'{folder / file}' has shape {list(arrays[name].shape)} but {SIDECAR} says "
                                f"{meta['shapes'][name]}; extract the arrays again")
-    return FeatureSet(folder, arrays["features"], arrays["codes"], arrays["labels"], meta)
+    thumbs = None
+    if "thumbnails" in meta["shapes"]:  # folders extracted before thumbnails were kept have none
+        thumbs = np.load(folder / THUMBNAILS, mmap_mode="r")
+    return FeatureSet(folder, arrays["features"], arrays["codes"], arrays["labels"], meta, thumbs)
+
+
+def thumbnails(images: torch.Tensor) -> torch.Tensor:
+    """Pixel signatures of a batch: [B, C, H, W] images -> [B, 256] float32, the grey image's
+    16 x 16 block averages, centred and L2-normalised. A re-encoded or rescaled copy of an image
+    keeps its signature (cosine >= 0.994 at JPEG quality 80 on Imagenette); other images of one
+    dataset stayed below 0.93."""
+    grey = images.float().mean(dim=1, keepdim=True)
+    t = torch.nn.functional.adaptive_avg_pool2d(grey, THUMBNAIL_SIDE).flatten(1)
+    return torch.nn.functional.normalize(t - t.mean(dim=1, keepdim=True), dim=1)
 
 
 def _file_identity(path: Path) -> dict:
     """Name, size and modification time of a file (what says it was not replaced since)."""
     stat = path.stat()
     return {"path": str(path), "bytes": stat.st_size, "mtime": stat.st_mtime}
+
+
+def weights_identity(path: Path) -> dict:
+    """The weights file's identity and the sha256 of its contents: a cache made from it stays
+    valid when the file is touched or copied, and not when other weights replace it with the
+    same size."""
+    return {**_file_identity(path), "sha256": sha256_of(path)}
 
 
 def _dataset_identity(data_path: Path) -> dict:
@@ -107,12 +136,17 @@ def _dataset_identity(data_path: Path) -> dict:
 
 
 def matches(meta: dict, *, data_path: Path, weights: Path, scale_by_eigenvalue: bool, resolution: int) -> bool:
-    """Whether a sidecar describes these weights on this dataset file's contents, as asked."""
+    """Whether a sidecar describes these weights on this dataset file's contents, as asked: both
+    by content (sha256), not by modification time; sidecars from before the weights' checksum
+    was recorded fall back to the weights file's size and time."""
     saved, now = meta.get("dataset", {}), _dataset_identity(data_path)
     # the contents' checksum when both sides know it (a copy or a move keeps it), else the file
     same_data = (saved["sha256"] == now["sha256"] if saved.get("sha256") and now["sha256"]
                  else all(saved.get(key) == now[key] for key in ("bytes", "mtime")))
-    return (same_data and meta.get("weights") == _file_identity(weights)
+    saved_weights = meta.get("weights") or {}
+    same_weights = (saved_weights["sha256"] == sha256_of(weights) if saved_weights.get("sha256")
+                    else saved_weights == _file_identity(weights))
+    return (same_data and same_weights
             and meta.get("scale_by_eigenvalue") == scale_by_eigenvalue and meta.get("resolution") == resolution)
 
 
@@ -151,7 +185,7 @@ def extract_features(model: EigenmapModel, cfg: Config, data_path: Union[str, Pa
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for name, width in ((FEATURES, feat_dim), (CODES, k)):
+        for name, width in ((FEATURES, feat_dim), (CODES, k), (THUMBNAILS, THUMBNAIL_SIDE ** 2)):
             np.lib.format.open_memmap(tmp / name, mode="w+", dtype=np.float32, shape=(n, width)).flush()
     dist.barrier()
     try:
@@ -171,6 +205,7 @@ def _fill(model: EigenmapModel, cfg: Config, loader, manifest: dict, data_path: 
     n, feat_dim, k = loader.num_samples, model.feat_dim, cfg.model.projector_out_dim
     features = np.load(tmp / FEATURES, mmap_mode="r+")
     codes = np.load(tmp / CODES, mmap_mode="r+")
+    thumbs = np.load(tmp / THUMBNAILS, mmap_mode="r+")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
     row = start_row = int(loader.indices[0]) if len(loader.indices) else 0
     labels = []
@@ -187,6 +222,7 @@ def _fill(model: EigenmapModel, cfg: Config, loader, manifest: dict, data_path: 
         rows = slice(row, row + len(images))
         features[rows] = feats.float().cpu().numpy()
         codes[rows] = c.cpu().numpy()
+        thumbs[rows] = thumbnails(images).cpu().numpy()
         labels.append(batch_labels.cpu())
         row += len(images)
         if bar is not None:
@@ -196,7 +232,8 @@ def _fill(model: EigenmapModel, cfg: Config, loader, manifest: dict, data_path: 
     loop_done = (time.perf_counter(), time.process_time())
     features.flush()
     codes.flush()
-    del features, codes
+    thumbs.flush()
+    del features, codes, thumbs
     multi = bool(loader.label_shape)  # multi-hot rows [C] (a multi-label list), else class indices
     label_dtype = torch.uint8 if multi else torch.int64
     mine = torch.cat(labels) if labels else torch.zeros((0, *loader.label_shape), dtype=label_dtype)
@@ -207,12 +244,13 @@ def _fill(model: EigenmapModel, cfg: Config, loader, manifest: dict, data_path: 
         return None
     np.save(tmp / LABELS, all_labels.numpy().astype(np.uint8 if multi else np.int64))
     meta = {
-        "format_version": 2, "weights": _file_identity(Path(weights)), "step": step,
+        "format_version": 2, "weights": weights_identity(Path(weights)), "step": step,
         "dataset": {**_dataset_identity(data_path), "num_images": n, "classes": manifest["classes"],
                     "label_kind": "multi" if multi else "single", "num_labels": len(manifest["classes"])},
         "scale_by_eigenvalue": scale_by_eigenvalue, "resolution": cfg.data.resolution,
         "eval_resize": cfg.data.eval_resize, "arch": cfg.model.arch, "loss": cfg.loss.name,
-        "shapes": {"features": [n, feat_dim], "codes": [n, k], "labels": [n, *loader.label_shape]},
+        "shapes": {"features": [n, feat_dim], "codes": [n, k], "labels": [n, *loader.label_shape],
+                   "thumbnails": [n, THUMBNAIL_SIDE ** 2]},
         "dtype": "float32",
         "device": str(device), "precision": "bf16" if device.type == "cuda" else "fp32", "workers": world,
         "seconds": seconds, "images_per_second": n / seconds if seconds > 0 else None,

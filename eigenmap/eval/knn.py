@@ -27,8 +27,8 @@ import torch
 from retrieval.progress import Progress
 
 
-__all__ = ["knn_predict", "knn_top1", "knn_report", "database_block_rows", "DEFAULT_MEMORY_BUDGET_BYTES",
-           "FIXED_OVERHEAD_BYTES"]
+__all__ = ["knn_predict", "knn_top1", "knn_report", "near_duplicates", "database_block_rows",
+           "DEFAULT_MEMORY_BUDGET_BYTES", "FIXED_OVERHEAD_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -281,3 +281,41 @@ def knn_report(train: Mapping[str, ArrayLike], train_y: ArrayLike, test: Mapping
         top1[name], seconds[name] = {str(k): v for k, v in accs.items()}, time.perf_counter() - started
     return {"temperature": temperature, "ks": list(ks), "top1": top1, "seconds": seconds,
             "memory_budget_bytes": int(memory_budget_bytes), "device": str(torch.device(device))}
+
+
+@torch.no_grad()
+def near_duplicates(database: ArrayLike, queries: ArrayLike, *, min_cosine: float, examples: int = 5,
+                    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> dict:
+    """The queries whose nearest database row is at cosine >= ``min_cosine``: rows of one set that
+    are (near) copies of rows of another, e.g. a validation set leaked into a training set.
+
+    Args:
+        database: [N, D] rows (an array, a memory map read in blocks, or a tensor).
+        queries: [Q, D] rows of the same width.
+        min_cosine: the similarity from which a pair counts as a duplicate.
+        examples: how many of the closest pairs to return.
+        memory_budget_bytes: as for :func:`knn_predict`.
+
+    Returns:
+        ``{"min_cosine", "count": queries with a duplicate, "queries": Q, "share": count / Q,
+        "examples": [{"query": i, "database": j, "cosine": c}, ...]}`` (closest first).
+
+    Raises:
+        ValueError: as :func:`knn_predict` (empty sets, widths, non-finite rows).
+    """
+    xq = _float32_rows(queries)
+    if len(database.shape) != 2 or xq.ndim != 2 or database.shape[1] != xq.shape[1] or not len(database) \
+            or not len(xq):
+        raise ValueError(f"near-duplicate search needs non-empty [N, D] and [Q, D] rows of one width; got "
+                         f"{tuple(database.shape)} and {tuple(xq.shape)}")
+    if not _all_finite(xq):
+        raise ValueError("near-duplicate search: the queries hold NaN or inf; accepted: finite values")
+    faiss.normalize_L2(xq)
+    sims, idx = _nearest(database, xq, 1, 1024, memory_budget_bytes, torch.device("cpu"))
+    sims, idx = sims[:, 0].numpy(), idx[:, 0].numpy()
+    hits = np.flatnonzero(sims >= min_cosine)
+    closest = hits[np.argsort(-sims[hits], kind="stable")][:examples]
+    return {"min_cosine": float(min_cosine), "count": int(len(hits)), "queries": int(len(xq)),
+            "share": len(hits) / len(xq),
+            "examples": [{"query": int(q), "database": int(idx[q]), "cosine": round(float(sims[q]), 5)}
+                         for q in closest]}

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from eigenmap.durable import publish
 
-__all__ = ["ReportError", "check_report_folder", "publish_report", "input_ids"]
+__all__ = ["ReportError", "check_report_folder", "publish_report", "input_ids", "finished_report"]
 
 
 class ReportError(ValueError):
@@ -65,6 +65,19 @@ def check_report_folder(folder: Path, report_file: str, inputs: dict, *, overwri
     listing = "; ".join(f"{role} {old[role].get('path')} ({old[role].get('id', '?')[:23]}...)" for role in before)
     raise ReportError(f"'{existing}' holds a report of other inputs ({listing or 'inputs not recorded'}); it is kept. "
                       f"Pass {out_flag} DIR to write this one elsewhere, or --overwrite to replace it")
+
+
+def finished_report(folder: Path, report_file: str, inputs: dict, request: dict) -> Optional[dict]:
+    """The report in ``folder`` when it was made from the same inputs (content ids) with the same
+    ``request`` (the weights' checksum and every setting the figures depend on), else None: a
+    rerun of a finished evaluation reuses it rather than computing it again."""
+    try:
+        old = json.loads((Path(folder) / report_file).read_text())
+    except (OSError, ValueError):
+        return None
+    if old.get("request") != request or input_ids(old.get("inputs") or {}) != input_ids(inputs):
+        return None
+    return old
 
 
 def publish_report(folder: Path, write: Callable[[Path], Optional[dict]]) -> Optional[dict]:

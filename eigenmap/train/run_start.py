@@ -3,6 +3,8 @@
 - :func:`starting_run`: before any worker trains, the process that starts the run takes the run
   directory's lock, applies the resume rules (:func:`eigenmap.train.resume.check_resume`) and
   forgets the previous start's stop file; the lock is released on every way out.
+- :func:`finished_run`: a run that has already trained its whole plan is left as it is: the
+  entry points return its ``status.json`` in seconds, start no worker, and write nothing.
 - :func:`start_sentence`: what this start does with the run directory, said once by rank 0.
 - :func:`report_end`: the console's last lines (how the run ended; after a stop, the checkpoint
   kept and the command that resumes it) and the exit code (:mod:`eigenmap.train.exit_codes`).
@@ -25,7 +27,7 @@ from eigenmap.train.preempt import INTERRUPTED, PREEMPTED, clear_stop_request
 from eigenmap.train.resume import check_resume
 from eigenmap.train.run_lock import RunLockError, run_lock
 
-__all__ = ["REFUSALS", "starting_run", "start_sentence", "command_line", "report_end", "ABORTED",
+__all__ = ["REFUSALS", "starting_run", "finished_run", "start_sentence", "command_line", "report_end", "ABORTED",
            "OUTSIDE_TRAINING"]
 
 # what an entry point reports as "refused" (exit 2): nothing of the run was started
@@ -54,6 +56,30 @@ def starting_run(cfg: Config, *, allow_config_change: bool = False, lead: bool =
         if lead:
             clear_stop_request(run_dir)
         yield
+
+
+def finished_run(cfg: Config) -> Optional[dict]:
+    """The summary of a run that has already trained all ``cfg.derived.total_steps`` steps, or
+    None when there is work left.
+
+    Finished means: ``status.json`` says "finished" at the planned step, the latest checkpoint is
+    of that step, and the final weights (``model.pt``) are there. Call inside
+    :func:`starting_run` (which has refused a changed meaning): rerunning the same command on
+    such a run would only start the workers to load the checkpoint, train nothing, and write the
+    weights and ``status.json`` again (their metrics emptied).
+    """
+    run = RunDir(cfg.train.run_dir)
+    status = run.read_status()
+    total = cfg.derived.total_steps
+    if not status or status.get("status") != "finished" or total is None or status.get("step") != total:
+        return None
+    latest = find_latest(run.checkpoints, warn=False)
+    if latest is None or checkpoint_step(latest) != total or not run.model.is_file():
+        return None
+    return {**status, "run_dir": str(run.path),
+            "message": f"already finished: all {total:,} steps of the plan were trained ({run.model}); nothing was "
+                       "changed. To train longer, set train.max_steps (or train.epochs) higher and pass "
+                       "--allow-config-change; for a new run, another train.run_dir"}
 
 
 def _last_logged_step(run_dir: Path) -> int:

@@ -49,7 +49,7 @@ from eigenmap.train.optim import build_optimizer, set_lr
 from eigenmap.train.preempt import INTERRUPTED, PREEMPTED, StopRequest, stop_on_signals
 from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP, reposition
 from eigenmap.train.run_logger import RunLogger
-from eigenmap.train.run_start import (ABORTED, REFUSALS, command_line, report_end, start_sentence,
+from eigenmap.train.run_start import (ABORTED, REFUSALS, command_line, finished_run, report_end, start_sentence,
                                       starting_run)
 from eigenmap.train.schedule import StepPlan, plural
 from eigenmap.train.step import train_step
@@ -141,8 +141,8 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
 
     Returns:
         Summary (the same keys as ``run_dir/status.json``): ``status`` ("finished",
-        "nonfinite", "preempted" or "interrupted"), ``step``, ``epoch``, ``total_steps``,
-        ``metrics``, ``message``.
+        "nonfinite", "preempted" or "interrupted"), ``step``, ``epoch`` (of the last step,
+        counted from 1 as the console counts), ``total_steps``, ``metrics``, ``message``.
     """
     device = pick_device(cfg)
     init_process_group(device)
@@ -303,7 +303,10 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
 
 
 def _summary(status: str, state: TrainerState, plan: StepPlan, metrics: dict, message: str) -> dict[str, Any]:
-    return {"status": status, "step": state.step, "epoch": state.epoch, "total_steps": plan.total_steps,
+    """``epoch`` counts from 1, as the console does: the epoch the last trained step is in (the
+    loop's 0-based ``state.epoch`` has already moved on at an epoch's end)."""
+    epoch = state.epoch + 1 if state.step_in_epoch else state.epoch
+    return {"status": status, "step": state.step, "epoch": epoch, "total_steps": plan.total_steps,
             "metrics": metrics, "message": message}
 
 
@@ -368,7 +371,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             cfg = load_train_config(args.config, args.overrides)
             with starting_run(cfg, allow_config_change=args.allow_config_change, lead=lead):
-                summary = train(cfg, allow_config_change=args.allow_config_change)
+                # every rank reads the same run directory, so all of them skip a finished run
+                summary = finished_run(cfg) or train(cfg, allow_config_change=args.allow_config_change)
         except REFUSALS as e:  # also found once the job's processes are known
             print(f"error: {e}", file=sys.stderr)
             return exit_code("refused")

@@ -52,7 +52,7 @@ def test_extract_probe_and_retrieve_write_every_figure(trained_run, small_beton,
     assert extracted.returncode == 0, extracted.stderr[-3000:]
     folder = trained_run / "eval" / "features" / "train"
     meta = json.loads((folder / "features.json").read_text())
-    assert meta["shapes"] == {"features": [160, 512], "codes": [160, 64], "labels": [160]}
+    assert meta["shapes"] == {"features": [160, 512], "codes": [160, 64], "labels": [160], "thumbnails": [160, 256]}
     assert meta["step"] == 10 and meta["dataset"]["num_images"] == 160 and meta["device"] == "cpu"
     assert json.loads((tmp_path / "x.json").read_text())["folder"] == str(folder)
     assert np.isfinite(np.load(folder / "codes.npy")).all()

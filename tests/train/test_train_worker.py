@@ -70,8 +70,9 @@ def test_resume_gives_the_same_parameters_as_one_uninterrupted_run(tiny_config, 
     status = json.loads((half_dir / "status.json").read_text())
     assert status["status"] == "finished" and status["step"] == 25
     assert (half_dir / "config.yaml").is_file() and (half_dir / "encoder.pt").is_file()
-    # steps 1-10 are the first epoch (160 images / 16), 11-20 the second: the run is in its third
-    assert status["epoch"] == 2
+    # steps 1-10 are the first epoch (160 images / 16), 11-20 the second: step 25 is in the third,
+    # counted from 1 as the console counts
+    assert status["epoch"] == 3
 
 
 def _lines(path) -> list[str]:
