@@ -28,12 +28,13 @@ def _extract_per_worker(config: dict) -> None:
 
     from eigenmap.eval.features import extract_features
     from eigenmap.host_memory import keep_freed_memory
+    from eigenmap.threads import set_torch_threads
     from eigenmap.run_dir import load_run
 
     quiet_ray_train_logs()
     device = get_device()
     if device.type == "cpu":
-        torch.set_num_threads(config["cpus_per_worker"])
+        set_torch_threads(config["cpus_per_worker"])
         keep_freed_memory()
     run = load_run(config["run_dir"], device=device)
     extract_features(run.model, run.config, config["data"], config["folder"], weights=run.weights, step=run.step,
