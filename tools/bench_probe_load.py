@@ -51,7 +51,8 @@ def _probe_seconds(repo: Path, train: Path, val: Path, out: Path, epochs: int, e
         figures = out.with_name("figures.json")
         done = subprocess.run([sys.executable, "-m", "launch.cli", "probe", "--train", str(train), "--val", str(val),
                                "--out", str(out), "--epochs", str(epochs), "--knn-k", "20", "--json", str(figures)],
-                              cwd=repo, env={**env, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=3600)
+                              cwd=repo, env={**env, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+                              timeout=3600)
         if done.returncode:
             raise SystemExit(f"eigenmap probe failed (exit {done.returncode}): {done.stderr[-2000:]}")
         return json.loads(figures.read_text())["linear_probe"]["seconds"] / epochs
@@ -83,9 +84,11 @@ def main() -> None:
         for _ in range(args.rounds):
             idle.append(_probe_seconds(args.repo, train, val, Path(tmp) / "out", args.epochs, env, 0))
             loaded.append(_probe_seconds(args.repo, train, val, Path(tmp) / "out", args.epochs, env, args.hogs))
-    figures = {"seconds_per_epoch_idle": statistics.median(idle), "seconds_per_epoch_with_hogs": statistics.median(loaded),
+    figures = {"seconds_per_epoch_idle": statistics.median(idle),
+               "seconds_per_epoch_with_hogs": statistics.median(loaded),
                "rounds_idle": idle, "rounds_with_hogs": loaded, "hogs": args.hogs, "wait_policy": args.wait_policy,
-               "repo": str(args.repo.resolve()), "rows": args.rows, "width": args.width, "epochs": args.epochs, "cpus": os.cpu_count(),
+               "repo": str(args.repo.resolve()), "rows": args.rows, "width": args.width, "epochs": args.epochs,
+               "cpus": os.cpu_count(),
                "load_average_after": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=1) + "\n")
