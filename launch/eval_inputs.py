@@ -16,6 +16,7 @@ import torch
 from eigenmap.eval.features import FeatureSet, extract_features
 from eigenmap.eval.inputs import Extractor
 from eigenmap.run import LoadedRun
+from eigenmap.threads import set_torch_threads
 from eigenmap.train.exit_codes import exit_code
 from launch.arg_types import int_at_least
 
@@ -41,7 +42,9 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def pick_device(name: Optional[str]) -> torch.device:
-    """``--device``, or CUDA when torch sees a GPU, else the CPU."""
+    """``--device``, or CUDA when torch sees a GPU, else the CPU. torch's CPU threads are sized
+    to the CPUs this process may use (:func:`eigenmap.threads.set_torch_threads`)."""
+    set_torch_threads()
     if name:
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():

@@ -27,6 +27,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
+from eigenmap.threads import WAIT_POLICY
+
 __all__ = ["RayWorkers", "init_ray", "ray_cluster", "build_trainer", "quiet_ray_train_logs",
            "quiet_ray_worker_process"]
 
@@ -116,7 +118,8 @@ def init_ray(address: Optional[str], *, num_cpus: int) -> bool:
 
     if ray.is_initialized():
         return False
-    runtime_env = {"worker_process_setup_hook": f"{__name__}.quiet_ray_worker_process"}
+    # Ray's workers import torch before eigenmap: OpenMP's wait policy must come in their environment
+    runtime_env = {"worker_process_setup_hook": f"{__name__}.quiet_ray_worker_process", "env_vars": dict(WAIT_POLICY)}
     if embedded:
         ray.init(address="local", num_cpus=max(num_cpus, os.cpu_count() or 1), include_dashboard=False,
                  configure_logging=True, logging_level=logging.WARNING, runtime_env=runtime_env)

@@ -29,11 +29,12 @@ def _extract_per_worker(config: dict) -> None:
     from eigenmap.eval.features import extract_features
     from eigenmap.host_memory import keep_freed_memory
     from eigenmap.run import load_run
+    from eigenmap.threads import set_torch_threads
 
     quiet_ray_train_logs()
     device = get_device()
     if device.type == "cpu":
-        torch.set_num_threads(config["cpus_per_worker"])
+        set_torch_threads(config["cpus_per_worker"])
         keep_freed_memory()
     run = load_run(config["run_dir"], device=device)
     extract_features(run.model, run.config, config["data"], config["folder"], weights=run.weights, step=run.step,

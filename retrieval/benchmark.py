@@ -154,7 +154,7 @@ def run_benchmark(
     for line in plan.describe().splitlines():  # one record per line: each carries the log's prefix
         logger.info("%s", line)
     progress = Progress(plan.total_units(), "retrieval", every_seconds=0, terminal=False, logger=logger,
-                        seconds_per_unit=plan.seconds_per_unit, counted=False)
+                        seconds_per_unit=plan.seconds_per_unit, counted=False, watch=False)
     probed = time.perf_counter()
 
     def score(D, I):

@@ -26,7 +26,7 @@ import torch
 from eigenmap.durable import atomic_write_text
 from eigenmap.eval.spectrum import spectrum_figure
 from eigenmap.run import RunDir
-from retrieval.progress import clock
+from retrieval.progress import SlowdownWatch, clock
 
 __all__ = ["RunLogger", "keep_rows_up_to"]
 
@@ -94,6 +94,8 @@ class RunLogger:
         self.jsonl = open(RunDir(run_dir).metrics, "a", buffering=1)
         self.total_steps, self.start_step, self.started = total_steps, start_step, time.perf_counter()
         self.epochs = -(-total_steps // steps_per_epoch) if steps_per_epoch else None
+        # seconds per image in each log window: a window far below the run's own rate is said
+        self.slowdown = SlowdownWatch("train (seconds per image)", "log window")
         self.text_progress = progress_bar and not sys.stderr.isatty()
         if progress_bar and not self.text_progress:
             from tqdm.auto import tqdm
@@ -112,6 +114,8 @@ class RunLogger:
         if not self.active:
             return
         total_rate = images_per_sec_per_worker * world_size
+        if total_rate > 0:
+            self.slowdown.observe(1.0 / total_rate)  # seconds per image of this log window
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(SCALAR_TAGS.get(key, f"train/{key}"), value, step)

@@ -52,6 +52,7 @@ from eigenmap.train.run_logger import RunLogger
 from eigenmap.train.run_start import (ABORTED, REFUSALS, command_line, finished_run, report_end, start_sentence,
                                       starting_run)
 from eigenmap.train.schedule import StepPlan, plural
+from eigenmap.threads import set_torch_threads
 from eigenmap.train.step import train_step
 
 __all__ = ["train", "build_loader", "build_augment", "main"]
@@ -108,7 +109,7 @@ def _setup_model(cfg: Config, device: torch.device, world: int) -> torch.nn.Modu
 
 def _use_device(cfg: Config, device: torch.device) -> None:
     if device.type == "cpu":
-        torch.set_num_threads(cfg.dist.cpus_per_worker)  # the cores this worker was given, no oversubscription
+        set_torch_threads(cfg.dist.cpus_per_worker)  # the cores this worker was given, no oversubscription
         keep_freed_memory()  # activations above glibc's mmap ceiling otherwise fault in anew every step
     else:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv kernels

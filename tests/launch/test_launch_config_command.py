@@ -82,7 +82,8 @@ def test_config_keys_prints_for_every_key_the_default_a_config_gets():
 
     proc = _eigenmap("config", "--keys")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    printed = dict(line.split("  ", 1) for line in proc.stdout.splitlines() if line and not line.startswith((" ", "Every")))
+    printed = dict(line.split("  ", 1) for line in proc.stdout.splitlines()
+                   if line and not line.startswith((" ", "Every")))
     plain, resolved = load_config(), resolve(load_config())
     keys = [d.key for d in describe_keys()]
     assert sorted(printed) == sorted(keys) and len(keys) > 80

@@ -73,3 +73,15 @@ def test_the_demo_pipeline_writes_a_report_with_every_part(imagenette_subset, tm
     findings = json.loads((report_dir / "report.json").read_text())
     assert {"eigenvalue_order", "retrieval", "classification"} <= set(findings)
     assert "## Findings" in done.stdout and "**Eigenvalue order:** Spearman" in done.stdout
+
+    # the same demo again: nothing is trained, probed or measured again; the same report, in seconds
+    products = [out / "run" / name for name in ("model.pt", "status.json", "metrics.jsonl")] + [
+        p for p in (out / "run" / "eval").rglob("*.json")]
+    before = {p: p.read_bytes() for p in products}
+    again = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    rerun = json.loads((tmp_path / "demo.json").read_text())
+    assert rerun["total_seconds"] < 60, rerun["stage_seconds"]
+    assert set(rerun["reused_stages"]) == {"prepare data", "train", "linear probe and kNN", "retrieval"}
+    assert {p: p.read_bytes() for p in products} == before
+    assert (report_dir / "report.md").read_text() == report
