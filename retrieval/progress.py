@@ -79,7 +79,7 @@ def _threads_at_hand() -> str:
     torch = sys.modules.get("torch")
     threads = f"{torch.get_num_threads()} torch threads, " if torch is not None else ""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{threads}{cpus} CPUs this process may run on"
+    return f"{threads}{cpus} CPUs available to this process"
 
 
 def _plural(unit: str) -> str:
