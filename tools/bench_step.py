@@ -129,10 +129,10 @@ def bare_loop(cfg: Config, args: argparse.Namespace, pre_augmented: bool = False
     precision = precision_of(cfg, device)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    if cfg.model.channels_last:
+    if model.channels_last:  # the worker's rule: convolutional backbones only
         model = model.to(memory_format=torch.channels_last)
     engine = PlainEngine(torch.compile(model) if cfg.dist.compile else model, build_optimizer(model, cfg), precision)
-    augment = build_augment(cfg, rank=0, device=device)
+    augment = build_augment(cfg, rank=0, device=device, channels_last=model.channels_last)
     loader = build_loader(cfg, rank=0, world_size=1, device=device)
     it = iter(loader)
     fixed = None

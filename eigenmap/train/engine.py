@@ -123,7 +123,7 @@ def build_engine(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer
         # gradient after each backward: a measurable share of a CPU step (tools/bench_step.py,
         # DeepSpeed / bare; figures in docs/results/)
         engine.enable_backward_allreduce = False
-    if cfg.model.channels_last and cfg.dist.zero_stage == 0:
+    if getattr(model, "channels_last", cfg.model.channels_last) and cfg.dist.zero_stage == 0:
         engine.module.to(memory_format=torch.channels_last)  # NHWC weights: no per-step layout conversion
     # ZeRO 1-2 view each gradient as a slice of a flat buffer and fail on channels_last grads:
     # there the weights stay NCHW and the channels_last INPUT still selects NHWC convolutions.

@@ -45,7 +45,7 @@ from eigenmap.train.checkpoint import (CheckpointStore, LocalCheckpointStore, Tr
 from eigenmap.train.checks import load_train_config
 from eigenmap.train.engine import build_engine, init_process_group, pick_device, precision_of
 from eigenmap.train.exit_codes import exit_code
-from eigenmap.train.optim import build_optimizer, set_lr
+from eigenmap.train.optim import build_optimizer, set_lr, set_weight_decay
 from eigenmap.train.preempt import INTERRUPTED, PREEMPTED, StopRequest, stop_on_signals
 from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP, reposition
 from eigenmap.train.run_logger import RunLogger
@@ -68,11 +68,14 @@ def build_loader(cfg: Config, *, rank: int, world_size: int, device: torch.devic
                               seed=cfg.train.seed, device=device)
 
 
-def build_augment(cfg: Config, *, rank: int, device: torch.device) -> BatchAugment:
+def build_augment(cfg: Config, *, rank: int, device: torch.device, channels_last: Optional[bool] = None
+                  ) -> BatchAugment:
     """Batched colour/blur/solarize augmentations on the device, seeded per rank, in the
-    memory format the model wants; compiled with the model (``dist.compile``, GPUs only)."""
+    memory format the model wants (``channels_last``: the model's, default
+    ``model.channels_last``); compiled with the model (``dist.compile``, GPUs only)."""
+    nhwc = cfg.model.channels_last if channels_last is None else channels_last
     return BatchAugment(cfg.data, seed=cfg.train.seed * 65_536 + rank, device=device,
-                        channels_last=cfg.model.channels_last, compile=cfg.dist.compile)
+                        channels_last=nhwc, compile=cfg.dist.compile)
 
 
 @dataclass
@@ -162,7 +165,7 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
     engine, optimizer = build_engine(cfg, model, build_optimizer(model, cfg), device, precision_of(cfg, device))
     if cfg.dist.compile:
         engine.compile()  # torch.compile of the module's forward, state-dict keys unchanged
-    augment = build_augment(cfg, rank=rank, device=device)
+    augment = build_augment(cfg, rank=rank, device=device, channels_last=model.channels_last)
     state, resumed_from = TrainerState(), None
     with store.latest() as ckpt:
         if ckpt is not None:
@@ -261,6 +264,9 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
         ahead = AugmentAhead(parts.loader, parts.augment)
         for x1, x2, labels in ahead:
             set_lr(parts.optimizer, plan.lr_factor(state.step))
+            weight_decay = plan.weight_decay_at(state.step)
+            if weight_decay is not None:
+                set_weight_decay(parts.optimizer, weight_decay)
             out = train_step(parts.engine, x1, x2, labels, state.step)
             nonfinite |= ~torch.isfinite(out["total"].detach())
             state.step += 1
