@@ -239,7 +239,10 @@ class DistConfig:
     address: Optional[str] = _f(
         None, "Ray cluster to join: null = embedded local cluster, 'auto', or 'host:port'"
     )
-    zero_stage: int = _f(0, "DeepSpeed ZeRO stage", ge=0, le=2)
+    zero_stage: int = _f(
+        0, "DeepSpeed ZeRO stage: 1 shards the optimiser state, 2 also the gradients, 3 also the parameters "
+        "(for backbones whose training state does not fit one worker; docs/backbones.md has the measured memory)",
+        ge=0, le=3)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
         "auto", "auto = bf16 on GPU, fp32 on CPU"
     )
