@@ -20,7 +20,7 @@ import torch.nn as nn
 from eigenmap.config import Config
 
 __all__ = ["pick_device", "precision_of", "init_process_group", "deepspeed_config",
-           "import_deepspeed", "build_engine", "PlainEngine"]
+           "import_deepspeed", "build_engine", "full_parameters", "PlainEngine"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,16 @@ def build_engine(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer
     # ZeRO 1-2 view each gradient as a slice of a flat buffer and fail on channels_last grads:
     # there the weights stay NCHW and the channels_last INPUT still selects NHWC convolutions.
     return engine, ds_optimizer
+
+
+def full_parameters(engine) -> contextlib.AbstractContextManager:
+    """Call on EVERY rank: inside, ``engine.module``'s parameters are whole, also under ZeRO 3
+    (which keeps only this rank's shard of each between steps); elsewhere a no-op."""
+    stage = engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0
+    if stage < 3:
+        return contextlib.nullcontext()
+    deepspeed = import_deepspeed(next(engine.module.buffers()).device.type)
+    return deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
 
 
 class PlainEngine:

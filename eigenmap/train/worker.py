@@ -19,6 +19,7 @@ is built and is required (a clear error if missing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from eigenmap.run_layout import RunDir
 from eigenmap.train.checkpoint import (CheckpointStore, LocalCheckpointStore, TrainerState, export_weights,
                                        read_checkpoint, read_meta, write_checkpoint)
 from eigenmap.train.checks import load_train_config
-from eigenmap.train.engine import build_engine, init_process_group, pick_device, precision_of
+from eigenmap.train.engine import build_engine, full_parameters, init_process_group, pick_device, precision_of
 from eigenmap.train.exit_codes import exit_code
 from eigenmap.train.optim import build_optimizer, set_lr, set_weight_decay
 from eigenmap.train.preempt import INTERRUPTED, PREEMPTED, StopRequest, stop_on_signals
@@ -184,9 +185,10 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
             summary = _loop(cfg, parts, plan, state, device)
     finally:
         logger.close()
-    if rank == 0:
-        if summary["status"] == "finished":
+    with full_parameters(engine) if summary["status"] == "finished" else contextlib.nullcontext():
+        if rank == 0 and summary["status"] == "finished":  # under ZeRO 3 every rank helps gather
             summary["weights"] = {k: str(v) for k, v in export_weights(engine.module, run.path).items()}
+    if rank == 0:
         atomic_write_text(run.status, json.dumps({**summary, "launch_id": launch_id}, indent=1))
     dist.barrier()
     return summary

@@ -138,3 +138,16 @@ def test_a_small_image_stem_resnet_has_no_timm_form(tmp_path):
     cfg = _cfg(["model.arch=resnet18", "model.small_image_stem=true", "model.projector_out_dim=8"])
     with pytest.raises(TimmExportError, match="small_image_stem"):
         export_timm(cfg, build_model(cfg).backbone, tmp_path)
+
+
+@pytest.mark.parametrize("name,global_batch,peak_lr", [("imagenet_vit_small_100ep", 512, 0.001),
+                                                        ("imagenet_vit_base_100ep", 1024, 0.003)])
+def test_the_vit_recipes_load_with_the_papers_head_and_dinos_schedule(name, global_batch, peak_lr):
+    from pathlib import Path
+
+    from eigenmap.config import load_config
+
+    cfg = resolve(load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"))
+    assert cfg.model.arch.startswith("timm:vit_") and cfg.model.projector_out_dim == 8192 and cfg.loss.alpha == 0.0025
+    assert cfg.derived.global_batch_size == global_batch and cfg.derived.lr == pytest.approx(peak_lr)
+    assert (cfg.optim.name, cfg.optim.weight_decay, cfg.optim.weight_decay_final) == ("adamw", 0.04, 0.4)
