@@ -103,8 +103,6 @@ def test_the_timm_export_loads_back_in_timm_with_the_runs_features(timm_runs):
     with torch.no_grad():
         for net in (by_file, by_folder):
             assert (net(x) - ours).abs().max() <= 1e-4
-    again = eigenmap("export", str(timm_runs["full"]), "--format", "timm", "--out", str(out))
-    assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
 def test_extract_and_the_knn_probe_run_on_the_trained_encoder(timm_runs, small_beton, small_val_beton):

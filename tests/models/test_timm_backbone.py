@@ -113,7 +113,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
                                              "model.projector_hidden_dim=0", "model.projector_out_dim=8"]],
                          ids=["vit_tiny", "torchvision_resnet18"])
 def test_the_timm_export_loads_back_in_timm_with_the_same_features(overrides, tmp_path):
-    from eigenmap.export_timm import export_timm, load_exported
+    from eigenmap.export_timm import TimmExportError, export_timm, load_exported
 
     torch.manual_seed(0)
     cfg = _cfg(overrides)
@@ -130,6 +130,8 @@ def test_the_timm_export_loads_back_in_timm_with_the_same_features(overrides, tm
     with torch.no_grad():
         diff = (load_exported(tmp_path, name, cfg.model.timm_kwargs)(x) - model.encode(x)).abs().max()
     assert written["max_abs_diff"] <= 1e-4 and diff <= 1e-4
+    with pytest.raises(TimmExportError, match="--overwrite"):  # an export already there is kept
+        export_timm(cfg, model.backbone, tmp_path)
 
 
 def test_a_small_image_stem_resnet_has_no_timm_form(tmp_path):
