@@ -11,7 +11,11 @@ random pre-augmented views. Each rank reports:
   the resident memory before the model was built (imports, the process group); on CUDA,
   ``torch.cuda.memory_allocated``;
 - ``peak_mib``: the process's peak resident memory (``ru_maxrss``), activations included, less the
-  same start; on CUDA, ``torch.cuda.max_memory_allocated``.
+  same start; on CUDA, ``torch.cuda.max_memory_allocated``. The first step also allocates the
+  optimiser's state (and, for AdamW's foreach kernels, temporaries of the same size), so
+- ``steady_peak_mib``: the peak of the steps after the first (the kernel's peak counter reset
+  after step 1, ``/proc/self/clear_refs``; on CUDA ``reset_peak_memory_stats``), with ``--steps``
+  of 2 or more: what a long run's every step needs.
 
 Expected sharding, for P parameters in fp32 over W workers: ZeRO 1 saves (1 - 1/W) of the Adam
 states (8P bytes), ZeRO 2 also of the gradients (4P), ZeRO 3 also of the parameters (4P).
@@ -27,7 +31,6 @@ import argparse
 import ctypes
 import json
 import os
-import resource
 import socket
 import sys
 import time
@@ -71,6 +74,24 @@ def _trim() -> None:
         pass
 
 
+def _peak_bytes(device: torch.device) -> int:
+    """Peak memory since the start or the last :func:`_reset_peak` (CPU: VmHWM, resident)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib * 1024
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    _trim()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+
+
 def _rank_main(rank: int, world: int, port: int, values: dict, steps: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -95,16 +116,19 @@ def _rank_main(rank: int, world: int, port: int, values: dict, steps: int, out: 
         x1, x2 = (torch.randn(b, 3, r, r, device=device) for _ in range(2))
         labels = torch.zeros(b, dtype=torch.long, device=device)
         t0 = time.perf_counter()
-        for step in range(steps):
+        train_step(engine, x1, x2, labels, 0)
+        first_peak = _peak_bytes(device)
+        _reset_peak(device)
+        for step in range(1, steps):
             train_step(engine, x1, x2, labels, step)
         report["seconds_per_step"] = (time.perf_counter() - t0) / steps
+        if steps > 1:
+            report["steady_peak_mib"] = (_peak_bytes(device) - (0 if device.type == "cuda" else start)) / MIB
         if device.type == "cuda":
-            report.update(resident_mib=torch.cuda.memory_allocated() / MIB,
-                          peak_mib=torch.cuda.max_memory_allocated() / MIB)
+            report.update(resident_mib=torch.cuda.memory_allocated() / MIB, peak_mib=first_peak / MIB)
         else:
             _trim()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-            report.update(resident_mib=(_resident_bytes() - start) / MIB, peak_mib=(peak - start) / MIB)
+            report.update(resident_mib=(_resident_bytes() - start) / MIB, peak_mib=(first_peak - start) / MIB)
     except Exception as e:  # a stage this DeepSpeed build does not run: its own words
         report["error"] = f"{type(e).__name__}: {e}"
     Path(out).write_text(json.dumps(report))
@@ -129,8 +153,9 @@ def run_stage(args: argparse.Namespace, stage: int, tmp: Path) -> dict:
     errors = sorted({r["error"] for r in ranks if "error" in r})
     if errors:
         return {"ranks": ranks, "error": errors[0]}
+    steady = [r["steady_peak_mib"] for r in ranks if "steady_peak_mib" in r]
     return {"ranks": ranks, "resident_mib": max(r["resident_mib"] for r in ranks),
-            "peak_mib": max(r["peak_mib"] for r in ranks),
+            "peak_mib": max(r["peak_mib"] for r in ranks), "steady_peak_mib": max(steady) if steady else None,
             "seconds_per_step": max(r["seconds_per_step"] for r in ranks)}
 
 
@@ -149,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2, help="images per worker (each gives two views)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], choices=[0, 1, 2, 3])
-    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--steps", type=int, default=2, help="steps per stage, >= 2 for the steady-step peak")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override (repeatable)")
     p.add_argument("--json", default=None, help="write the figures here")
@@ -172,19 +197,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ZeRO {stage}: {json.dumps({k: v for k, v in results['stages'][str(stage)].items() if k != 'ranks'})}",
                   flush=True)
     base = results["stages"].get("0", {}).get("resident_mib")
+    base_peak = results["stages"].get("0", {}).get("steady_peak_mib")
     for stage, expected in results["expected_saving_mib"].items():
-        got = results["stages"].get(stage, {}).get("resident_mib")
-        if base is not None and got is not None:
-            results["stages"][stage].update(saving_mib=base - got, fraction_of_expected=(base - got) / expected)
+        r = results["stages"].get(stage, {})
+        if base is not None and r.get("resident_mib") is not None:
+            r.update(saving_mib=base - r["resident_mib"], fraction_of_expected=(base - r["resident_mib"]) / expected)
+        if base_peak is not None and r.get("steady_peak_mib") is not None:
+            r.update(steady_peak_saving_mib=base_peak - r["steady_peak_mib"],
+                     steady_peak_fraction_of_expected=(base_peak - r["steady_peak_mib"]) / expected)
     print(f"{cfg.model.arch}: {params / 1e6:.1f}M parameters; expected saving per worker (MiB): "
           + ", ".join(f"ZeRO {k}: {v:.0f}" for k, v in results["expected_saving_mib"].items()))
     for stage, r in results["stages"].items():
         if "error" in r:
             print(f"ZeRO {stage}: did not run: {r['error']}")
         else:
-            extra = (f", saves {r['saving_mib']:.0f} MiB = {r['fraction_of_expected']:.2f} of expected"
+            extra = (f"; resident saves {r['saving_mib']:.0f} MiB = {r['fraction_of_expected']:.2f} of expected"
                      if "saving_mib" in r else "")
-            print(f"ZeRO {stage}: resident {r['resident_mib']:.0f} MiB, peak {r['peak_mib']:.0f} MiB per worker{extra}")
+            if "steady_peak_saving_mib" in r:
+                extra += (f", steady peak saves {r['steady_peak_saving_mib']:.0f} MiB = "
+                          f"{r['steady_peak_fraction_of_expected']:.2f}")
+            steady = f", steady-step peak {r['steady_peak_mib']:.0f}" if r.get("steady_peak_mib") else ""
+            print(f"ZeRO {stage}: resident {r['resident_mib']:.0f} MiB, first-step peak {r['peak_mib']:.0f}{steady} "
+                  f"MiB per worker{extra}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
