@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from eigenmap.durable import atomic_write_text
+from eigenmap.timm_models import TimmArgumentError, check_timm_model
 
 __all__ = [
     "Config",
@@ -508,9 +509,10 @@ def _check_backbone(m: ModelConfig, resolution: int) -> None:
     if m.small_image_stem:
         raise ConfigError(f"config key 'model.small_image_stem' applies to the torchvision ResNets, not {m.arch!r}; "
                           "set a timm model's own options through model.timm_kwargs")
-    from eigenmap.models.timm_backbone import check_timm_model  # imports timm (seconds): only for timm archs
-
-    check_timm_model(name, m.timm_kwargs, resolution)
+    try:
+        check_timm_model(name, m.timm_kwargs, resolution)  # imports timm (seconds): only for timm archs
+    except TimmArgumentError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_cross_field(cfg: Config) -> None:

@@ -356,7 +356,7 @@ def backbone_alone(args: argparse.Namespace) -> dict:
     """
     import torchvision
 
-    from eigenmap.models.timm_backbone import is_convolutional
+    from eigenmap.timm_models import is_convolutional
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -7,13 +7,15 @@ from typing import Any, Optional
 import torch.nn as nn
 import torchvision
 
+from eigenmap.timm_models import build_timm_backbone
+
 ARCHS = ("resnet18", "resnet34", "resnet50")
 
 
 def build_backbone(arch: str, *, small_image_stem: bool = False, timm_kwargs: Optional[dict[str, Any]] = None,
                    grad_checkpointing: bool = False) -> tuple[nn.Module, int]:
     """A torchvision ResNet with ``zero_init_residual=True`` and ``fc`` replaced by identity, or
-    for ``timm:NAME`` the timm model (:mod:`eigenmap.models.timm_backbone`, with ``timm_kwargs``
+    for ``timm:NAME`` the timm model (:mod:`eigenmap.timm_models`, with ``timm_kwargs``
     and ``grad_checkpointing``).
 
     Args:
@@ -27,8 +29,6 @@ def build_backbone(arch: str, *, small_image_stem: bool = False, timm_kwargs: Op
         ``torchvision.models.<arch>()`` (with ``strict=False`` for the missing ``fc``).
     """
     if arch.startswith("timm:"):
-        from eigenmap.models.timm_backbone import build_timm_backbone
-
         return build_timm_backbone(arch[len("timm:"):], timm_kwargs or {}, grad_checkpointing=grad_checkpointing)
     if arch not in ARCHS:
         raise ValueError(f"unknown backbone {arch!r}; accepted: {', '.join(ARCHS)}, timm:NAME")

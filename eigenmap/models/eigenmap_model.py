@@ -13,7 +13,7 @@ from eigenmap.losses import EigenStatistics, L2BatchNorm, Objective, build_loss
 from eigenmap.models.backbone import build_backbone
 from eigenmap.models.online_head import OnlineHead
 from eigenmap.models.projector import build_projector
-from eigenmap.models.timm_backbone import is_convolutional
+from eigenmap.timm_models import is_convolutional
 
 
 class EigenmapModel(nn.Module):

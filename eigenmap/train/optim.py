@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from eigenmap.config import Config
-from eigenmap.models.timm_backbone import no_weight_decay_names
+from eigenmap.timm_models import no_weight_decay_names
 
 __all__ = ["LARS", "param_groups", "build_optimizer", "set_lr", "set_weight_decay"]
 
