@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from eigenmap.durable import atomic_write_text
+from eigenmap.timm_models import TimmArgumentError, check_timm_model
 
 __all__ = [
     "Config",
@@ -56,16 +57,27 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = Non
 
 @dataclass
 class ModelConfig:
-    arch: Literal["resnet18", "resnet34", "resnet50"] = _f("resnet50", "torchvision ResNet backbone")
+    arch: str = _f(
+        "resnet50", "backbone: a torchvision ResNet (resnet18, resnet34, resnet50: the paper's recipe) or timm:NAME, "
+        "any timm image model (timm.list_models()) built with pretrained=False, num_classes=0: its pooled "
+        "features are the encoder output (docs/backbones.md)")
+    timm_kwargs: dict[str, Any] = _f(
+        factory=dict, help="keyword arguments of timm.create_model for model.arch=timm:NAME, settable key by key: "
+        "model.timm_kwargs.img_size=32 model.timm_kwargs.patch_size=4 (keep img_size = data.resolution)")
+    grad_checkpointing: bool = _f(
+        False, "timm backbones: recompute activations in the backward (timm's set_grad_checkpointing): less "
+        "memory per image, about a third more compute")
     small_image_stem: bool = _f(
-        False, "3x3 stride-1 first conv and no max-pool: use for inputs of 64 px and below"
+        False, "torchvision ResNets: 3x3 stride-1 first conv and no max-pool: use for inputs of 64 px and below"
     )
     projector_hidden_dim: int = _f(
         8192, "d in Linear(feat->d, no bias) -> BN -> ReLU -> Linear(d->k); 0 = a single Linear", ge=0
     )
     projector_out_dim: int = _f(8192, "k, the number of eigenfunctions (code length)", ge=1)
     sync_batchnorm: bool = _f(True, "synchronise BatchNorm statistics across workers")
-    channels_last: bool = _f(True, "channels_last memory format for the conv backbone")
+    channels_last: bool = _f(
+        True, "channels_last memory format for a convolutional backbone (ignored for one with a single conv, "
+        "a ViT's patch embedding, where it does not help)")
     online_classifier: bool = _f(
         True, "linear classifier on DETACHED encoder features, for monitoring only"
     )
@@ -155,14 +167,19 @@ class OptimConfig:
         gt=0.0
     )
     momentum: float = _f(0.9, "SGD/LARS momentum (AdamW beta1)", ge=0.0, lt=1.0)
-    weight_decay: float = _f(1e-6, "weight decay; biases and norm parameters are excluded", ge=0.0)
+    weight_decay: float = _f(
+        1e-6, "weight decay; biases, norm parameters, position embeddings and tokens are excluded", ge=0.0)
+    weight_decay_final: Optional[float] = _f(
+        None, "when set, the weight decay follows a half cosine from optim.weight_decay at the first step to this "
+              "at the last of the planned run (DINO's ViT recipe: 0.04 -> 0.4); null = constant", ge=0.0)
     trust_coefficient: float = _f(0.001, "LARS trust coefficient", gt=0.0)
     warmup_epochs: float = _f(
         10.0, "linear warm-up length, in epochs; with train.max_steps it keeps its share of the run "
         "(warmup_epochs / epochs of max_steps: 10 of 100 epochs is 10% of the steps), so a shortened recipe "
         "warms up and decays in the same proportions (derived.warmup_steps holds the steps)", ge=0.0)
     final_lr_ratio: float = _f(0.001, "cosine schedule ends at this fraction of lr", ge=0.0, le=1.0)
-    grad_clip: Optional[float] = _f(None, "gradient norm clipping; null = off", gt=0.0)
+    grad_clip: Optional[float] = _f(
+        None, "clip the global gradient norm (all workers' gradients) to this; null = off (ViT recipes: 3.0)", gt=0.0)
     online_head_lr: float = _f(
         1.0, "peak lr of the online monitoring classifier on standardised features (same schedule; "
         "not the linear probe's eval.probe_lr)", gt=0.0)
@@ -223,7 +240,10 @@ class DistConfig:
     address: Optional[str] = _f(
         None, "Ray cluster to join: null = embedded local cluster, 'auto', or 'host:port'"
     )
-    zero_stage: int = _f(0, "DeepSpeed ZeRO stage", ge=0, le=2)
+    zero_stage: int = _f(
+        0, "DeepSpeed ZeRO stage: 1 shards the optimiser state, 2 also the gradients, 3 also the parameters "
+        "(for backbones whose training state does not fit one worker; docs/backbones.md has the measured memory)",
+        ge=0, le=3)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
         "auto", "auto = bf16 on GPU, fp32 on CPU"
     )
@@ -307,6 +327,8 @@ def _type_name(tp: Any) -> str:
         return "a list of " + str(len(args)) + " " + _type_name(args[0])
     if dataclasses.is_dataclass(tp):
         return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    if origin is dict:
+        return "a mapping of names to values"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -333,6 +355,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value not in typing.get_args(tp):
             raise wrong
         return value
+    if origin is dict:  # free-form keyword arguments (model.timm_kwargs): their owner checks them
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise wrong
+        return dict(value)
     if origin is tuple:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any non-empty length
@@ -447,6 +475,8 @@ def to_dict(cfg: Any) -> dict:
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, tuple):
             return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
         return v
     return plain(cfg)
 
@@ -455,7 +485,35 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
+TIMM_PREFIX = "timm:"
+
+
+def _check_backbone(m: ModelConfig, resolution: int) -> None:
+    """model.arch is a torchvision ResNet or ``timm:NAME``; the keys of the other kind stay unset.
+    A timm name and its keyword arguments are checked by building the model on the meta device."""
+    if m.arch in TORCHVISION_ARCHS:
+        for key, value in (("timm_kwargs", m.timm_kwargs), ("grad_checkpointing", m.grad_checkpointing)):
+            if value:
+                raise ConfigError(f"config key 'model.{key}' ({value!r}) applies to timm backbones (model.arch="
+                                  f"timm:NAME), not the torchvision {m.arch!r}; leave it unset")
+        return
+    name = m.arch[len(TIMM_PREFIX):] if m.arch.startswith(TIMM_PREFIX) else ""
+    if not name:
+        raise ConfigError(f"config key 'model.arch': {m.arch!r} is not a backbone; accepted: "
+                          f"one of {', '.join(map(repr, TORCHVISION_ARCHS))}, or 'timm:NAME' with NAME one of timm.list_models() "
+                          "(e.g. timm:vit_small_patch16_224, timm:convnext_atto)")
+    if m.small_image_stem:
+        raise ConfigError(f"config key 'model.small_image_stem' applies to the torchvision ResNets, not {m.arch!r}; "
+                          "set a timm model's own options through model.timm_kwargs")
+    try:
+        check_timm_model(name, m.timm_kwargs, resolution)  # imports timm (seconds): only for timm archs
+    except TimmArgumentError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _check_cross_field(cfg: Config) -> None:
+    _check_backbone(cfg.model, cfg.data.resolution)
     if cfg.loss.alpha_final is not None and cfg.loss.name != "neuralef":
         raise ConfigError(f"config key 'loss.alpha_final' ({cfg.loss.alpha_final}) applies to loss.name=neuralef only, "
                           f"not {cfg.loss.name!r}; leave it unset (null)")

@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the package, and plain_engine.py beside this script
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from eigenmap.config import Config, from_dict, to_dict  # noqa: E402
 from eigenmap.host_memory import keep_freed_memory  # noqa: E402
@@ -70,11 +71,13 @@ def bench_config(args: argparse.Namespace, run_dir: Path) -> Config:
     """The benchmark's config: ``configs/`` style values set from the arguments."""
     steps = args.warmup + args.steps
     cuda = args.device == "cuda"
+    timm = args.arch.startswith("timm:")
     values = {
         "model": {"arch": args.arch, "small_image_stem": args.small_stem,
                   "projector_hidden_dim": args.projector_dim, "projector_out_dim": args.projector_dim,
-                  "num_classes": 1000},
-        "optim": {"name": "lars", "warmup_epochs": 0.0},
+                  "num_classes": 1000, **({"timm_kwargs": args.timm_kwargs} if timm else {})},
+        # a transformer's optimiser (the ViT recipes'); the paper's LARS for the ResNets
+        "optim": {"name": "adamw" if timm else "lars", "warmup_epochs": 0.0},
         "data": {"train_path": str(args.data) if args.data else "synthetic", "resolution": args.resolution,
                  "eval_resize": max(args.resolution, 256 if args.resolution >= 224 else args.resolution),
                  "batch_size_per_worker": args.batch, "synthetic_images": args.batch * (steps + 1) * 2},
@@ -130,10 +133,10 @@ def bare_loop(cfg: Config, args: argparse.Namespace, pre_augmented: bool = False
     precision = precision_of(cfg, device)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    if cfg.model.channels_last:
+    if model.channels_last:  # the worker's rule: convolutional backbones only
         model = model.to(memory_format=torch.channels_last)
     engine = PlainEngine(torch.compile(model) if cfg.dist.compile else model, build_optimizer(model, cfg), precision)
-    augment = build_augment(cfg, rank=0, device=device)
+    augment = build_augment(cfg, rank=0, device=device, channels_last=model.channels_last)
     loader = build_loader(cfg, rank=0, world_size=1, device=device)
     it = iter(loader)
     fixed = None
@@ -354,13 +357,22 @@ def backbone_alone(args: argparse.Namespace) -> dict:
     """
     import torchvision
 
+    from eigenmap.timm_models import is_convolutional
+
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = getattr(torchvision.models, args.arch)().to(device).to(memory_format=torch.channels_last)
+    if args.arch.startswith("timm:"):
+        import timm
+
+        model = timm.create_model(args.arch[len("timm:"):], pretrained=False, **args.timm_kwargs).to(device)
+    else:
+        model = getattr(torchvision.models, args.arch)().to(device)
+    layout = torch.channels_last if is_convolutional(model) else torch.contiguous_format  # the worker's rule
+    model = model.to(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     forward = torch.compile(model) if args.compile else model
     x = torch.randn(2 * args.batch, 3, args.resolution, args.resolution, device=device).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=layout)
     y = torch.randint(0, 1000, (2 * args.batch,), device=device)
     def step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -396,7 +408,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """The arguments with the device's defaults filled in (checked; no device is touched)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
+    p.add_argument("--arch", default="resnet18",
+                   help="resnet18, resnet34, resnet50, or timm:NAME (e.g. timm:vit_tiny_patch16_224)")
+    p.add_argument("--timm-kwarg", action="append", default=[], metavar="KEY=VALUE", dest="timm_kwarg",
+                   help="a model.timm_kwargs entry for --arch timm:NAME, e.g. img_size=64 (repeatable)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--small-stem", action="store_true", help="3x3 stride-1 stem (16x the FLOPs at 64 px)")
     p.add_argument("--batch", type=int, default=None, help="images per step (default 64 CPU, 256 CUDA)")
@@ -417,6 +432,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
+    if args.arch not in ("resnet18", "resnet34", "resnet50") and not args.arch.startswith("timm:"):
+        p.error(f"--arch {args.arch!r}: accepted resnet18, resnet34, resnet50 or timm:NAME")
+    if args.timm_kwarg and not args.arch.startswith("timm:"):
+        p.error("--timm-kwarg applies to --arch timm:NAME")
+    if any("=" not in kv for kv in args.timm_kwarg):
+        p.error(f"--timm-kwarg takes KEY=VALUE, got {args.timm_kwarg}")
+    args.timm_kwargs = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.timm_kwarg)}
     if args.synthetic and args.data:
         p.error("--synthetic and --data exclude each other")
     if args.data is not None and not args.data.exists():

@@ -13,10 +13,12 @@ from eigenmap.losses import EigenStatistics, L2BatchNorm, Objective, build_loss
 from eigenmap.models.backbone import build_backbone
 from eigenmap.models.online_head import OnlineHead
 from eigenmap.models.projector import build_projector
+from eigenmap.timm_models import is_convolutional
 
 
 class EigenmapModel(nn.Module):
-    """ResNet encoder, projector and objective, trained on both views in ONE batch.
+    """Encoder (torchvision ResNet or timm model), projector and objective, trained on both views
+    in ONE batch.
 
     ``forward(x, labels)`` is the whole training computation, so a DeepSpeed engine or DDP can
     wrap this module as is. The objective owns the L2-BatchNorm statistics; read them with
@@ -24,9 +26,11 @@ class EigenmapModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, projector: nn.Module, objective: Objective,
-                 num_classes: Optional[int]):
+                 num_classes: Optional[int], channels_last: bool = True):
         super().__init__()
         self.backbone, self.feat_dim, self.projector, self.objective = backbone, feat_dim, projector, objective
+        # the memory format of the weights and inputs: NHWC pays off for convolutions only
+        self.channels_last = channels_last
         # monitoring only: trained on detached features, so it never shapes the encoder
         self.online_head = OnlineHead(feat_dim, num_classes) if num_classes else None
 
@@ -102,8 +106,9 @@ def build_model(cfg: Config) -> EigenmapModel:
     """The model described by ``cfg.model`` and ``cfg.loss`` (a ramped reg weight spans
     ``cfg.derived.total_steps``, the planned run)."""
     m = cfg.model
-    backbone, feat_dim = build_backbone(m.arch, small_image_stem=m.small_image_stem)
+    backbone, feat_dim = build_backbone(m.arch, small_image_stem=m.small_image_stem, timm_kwargs=m.timm_kwargs,
+                                        grad_checkpointing=m.grad_checkpointing)
     projector = build_projector(feat_dim, m.projector_hidden_dim, m.projector_out_dim)
     objective = build_loss(cfg.loss, m.projector_out_dim, total_steps=cfg.derived.total_steps)
-    return EigenmapModel(backbone, feat_dim, projector, objective,
-                         m.num_classes if m.online_classifier else None)
+    return EigenmapModel(backbone, feat_dim, projector, objective, m.num_classes if m.online_classifier else None,
+                         channels_last=m.channels_last and is_convolutional(backbone))

@@ -1,7 +1,8 @@
 """Optimisers: LARS (the recipe), SGD and AdamW, with the recipe's parameter groups.
 
-Biases and norm parameters (``p.ndim < 2``) take no weight decay and no LARS adaptation; the
-online monitoring classifier is its own group with its own peak lr (``optim.online_head_lr``) and
+Biases and norm parameters (``p.ndim < 2``) take no weight decay and no LARS adaptation, nor do a
+timm backbone's position embeddings and tokens (its ``no_weight_decay()``: timm's own
+``param_groups_weight_decay`` rule); the online monitoring classifier is its own group with its own peak lr (``optim.online_head_lr``) and
 no weight decay. Every group carries ``peak_lr``; the loop sets ``lr = peak_lr * factor(step)``.
 """
 
@@ -13,8 +14,9 @@ import torch
 import torch.nn as nn
 
 from eigenmap.config import Config
+from eigenmap.timm_models import no_weight_decay_names
 
-__all__ = ["LARS", "param_groups", "build_optimizer", "set_lr"]
+__all__ = ["LARS", "param_groups", "build_optimizer", "set_lr", "set_weight_decay"]
 
 
 class LARS(torch.optim.Optimizer):
@@ -66,18 +68,24 @@ class LARS(torch.optim.Optimizer):
 
 
 def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
-    """The recipe's groups: weights (decay, LARS), biases/norms (neither), online head.
+    """The recipe's groups: weights (decay, LARS), biases/norms and a timm backbone's position
+    embeddings/tokens (neither), online head.
 
     Each group has ``name`` and ``peak_lr``; ``lr`` starts at the peak. The online classifier
     (``model.online_head``) is excluded from the encoder groups by identity, not by name.
     """
     head = getattr(model, "online_head", None)
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
-    weights, flat = [], []
-    for p in model.parameters():
+    backbone = getattr(model, "backbone", None)
+    tokens = {f"backbone.{n}" for n in no_weight_decay_names(backbone)} if backbone is not None else set()
+    weights, flat, embeddings = [], [], []
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in head_ids:
             continue
-        (flat if p.ndim < 2 else weights).append(p)  # biases and norm scales: p.ndim == 1
+        if p.ndim < 2:  # biases and norm scales: p.ndim == 1
+            flat.append(p)
+        else:  # a ViT's pos_embed [1, T, D] and cls_token [1, 1, D] are not weights to shrink
+            (embeddings if name in tokens else weights).append(p)
     lr = cfg.derived.lr
     if lr is None:
         raise ValueError("derived.lr is null: pass the config through eigenmap.config.resolve() first")
@@ -85,6 +93,7 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
         dict(name="weights", params=weights, peak_lr=lr, lr=lr, weight_decay=cfg.optim.weight_decay,
              lars_adapt=True),
         dict(name="biases_and_norms", params=flat, peak_lr=lr, lr=lr, weight_decay=0.0, lars_adapt=False),
+        dict(name="embeddings_and_tokens", params=embeddings, peak_lr=lr, lr=lr, weight_decay=0.0, lars_adapt=False),
     ]
     if head_ids:
         groups.append(dict(name="online_head", params=list(head.parameters()), peak_lr=cfg.optim.online_head_lr,
@@ -116,3 +125,10 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     """Set every group's ``lr`` to ``peak_lr * factor`` (works through DeepSpeed's wrappers)."""
     for g in optimizer.param_groups:
         g["lr"] = g["peak_lr"] * factor
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    """Set the weight decay of the decayed group (``weights``); the others keep theirs (0)."""
+    for g in optimizer.param_groups:
+        if g.get("name") == "weights":
+            g["weight_decay"] = weight_decay

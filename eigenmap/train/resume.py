@@ -70,12 +70,18 @@ def _is_meaning(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in MEANING_KEYS)
 
 
+# free-form mappings: a key either config has is a setting, not one added to the schema since
+FREE_FORM = ("model.timm_kwargs.",)
+
+
 def meaning_changes(old: dict, new: dict) -> list[Change]:
     """The meaning keys whose values differ between two configs (plain nested dicts). Keys the
-    old config does not have (added to the schema since) are not compared."""
+    old config does not have (added to the schema since) are not compared, except inside the
+    free-form mappings (``model.timm_kwargs``)."""
     before, after = _flatten(old), _flatten(new)
-    return [Change(k, before[k], after.get(k)) for k in sorted(before)
-            if _is_meaning(k) and before[k] != after.get(k)]
+    keys = sorted(set(before) | {k for k in after if k.startswith(FREE_FORM)})
+    return [Change(k, before.get(k), after.get(k)) for k in keys
+            if _is_meaning(k) and before.get(k) != after.get(k)]
 
 
 def _data_change(old: Optional[dict], new: Optional[dict]) -> list[Change]:

@@ -2,6 +2,7 @@
 
 Learning rate: linear warm-up from 0 to the peak, then a half cosine from the peak down to
 ``final_lr_ratio * peak`` at the last step (DINO's ``cosine_scheduler``, evaluated per step).
+Weight decay (``optim.weight_decay_final``): a half cosine from ``optim.weight_decay`` to it.
 NeuralEF's reg weight (``loss.alpha_final``): ``loss.alpha`` up to the step at fraction
 ``loss.alpha_ramp_start`` of the run (0: the first), then a straight line to ``loss.alpha_final``
 at the last step.
@@ -20,7 +21,7 @@ from typing import Optional
 
 from eigenmap.config import Config, LossConfig
 
-__all__ = ["lr_factor", "alpha_at", "AlphaSchedule", "StepPlan", "plan_in_words", "plural"]
+__all__ = ["lr_factor", "cosine_between", "alpha_at", "AlphaSchedule", "StepPlan", "plan_in_words", "plural"]
 
 
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int, final_ratio: float) -> float:
@@ -42,6 +43,15 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int, final_ratio: fl
     decay_steps = max(total_steps - warmup_steps - 1, 1)
     progress = min((step - warmup_steps) / decay_steps, 1.0)
     return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def cosine_between(step: int, *, total_steps: int, start: float, end: float) -> float:
+    """A half cosine from ``start`` at step 0 to ``end`` at the last step (``total_steps - 1``) and
+    after it: DINO's weight-decay schedule (``cosine_scheduler(wd, wd_end, ...)``, no warm-up)."""
+    if total_steps < 1:
+        raise ValueError(f"need total_steps >= 1, got {total_steps}")
+    progress = min(step / max(total_steps - 1, 1), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def alpha_at(step: int, *, total_steps: int, start: float, final: float, ramp_start: float = 0.0) -> float:
@@ -102,6 +112,8 @@ class StepPlan:
     total_steps: int  # derived.total_steps: train.max_steps, else train.epochs x steps_per_epoch
     warmup_steps: int
     final_lr_ratio: float
+    weight_decay: float = 0.0
+    weight_decay_final: Optional[float] = None  # optim.weight_decay_final: a cosine to it, else constant
 
     @classmethod
     def of(cls, cfg: Config) -> "StepPlan":
@@ -114,7 +126,8 @@ class StepPlan:
         if None in (d.steps_per_epoch, d.total_steps, d.warmup_steps):
             raise ValueError("the config has no plan (derived.steps_per_epoch, total_steps, warmup_steps are null): "
                              "load it with eigenmap.train.checks.load_train_config or prepare_train_config")
-        return cls(d.steps_per_epoch, d.total_steps, d.warmup_steps, cfg.optim.final_lr_ratio)
+        return cls(d.steps_per_epoch, d.total_steps, d.warmup_steps, cfg.optim.final_lr_ratio,
+                   cfg.optim.weight_decay, cfg.optim.weight_decay_final)
 
     @property
     def epochs(self) -> int:
@@ -124,6 +137,12 @@ class StepPlan:
     def lr_factor(self, step: int) -> float:
         return lr_factor(step, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
                          final_ratio=self.final_lr_ratio)
+
+    def weight_decay_at(self, step: int) -> Optional[float]:
+        """The scheduled weight decay at ``step``, or None when it is constant (set once)."""
+        if self.weight_decay_final is None:
+            return None
+        return cosine_between(step, total_steps=self.total_steps, start=self.weight_decay, end=self.weight_decay_final)
 
 
 def plural(count: float, noun: str) -> str:

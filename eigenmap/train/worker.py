@@ -19,6 +19,7 @@ is built and is required (a clear error if missing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -43,9 +44,9 @@ from eigenmap.run import RunDir, export_weights
 from eigenmap.train.checkpoint import (CheckpointStore, LocalCheckpointStore, TrainerState, read_checkpoint, read_meta,
                                        write_checkpoint)
 from eigenmap.train.checks import load_train_config
-from eigenmap.train.engine import build_engine, init_process_group, pick_device, precision_of
+from eigenmap.train.engine import build_engine, full_parameters, init_process_group, pick_device, precision_of
 from eigenmap.train.exit_codes import exit_code
-from eigenmap.train.optim import build_optimizer, set_lr
+from eigenmap.train.optim import build_optimizer, set_lr, set_weight_decay
 from eigenmap.train.preempt import INTERRUPTED, PREEMPTED, StopRequest, stop_on_signals
 from eigenmap.train.resume import ALLOW_FLAG, ALLOW_HELP, reposition
 from eigenmap.train.run_logger import RunLogger
@@ -69,11 +70,14 @@ def build_loader(cfg: Config, *, rank: int, world_size: int, device: torch.devic
                               seed=cfg.train.seed, device=device)
 
 
-def build_augment(cfg: Config, *, rank: int, device: torch.device) -> BatchAugment:
+def build_augment(cfg: Config, *, rank: int, device: torch.device, channels_last: Optional[bool] = None
+                  ) -> BatchAugment:
     """Batched colour/blur/solarize augmentations on the device, seeded per rank, in the
-    memory format the model wants; compiled with the model (``dist.compile``, GPUs only)."""
+    memory format the model wants (``channels_last``: the model's, default
+    ``model.channels_last``); compiled with the model (``dist.compile``, GPUs only)."""
+    nhwc = cfg.model.channels_last if channels_last is None else channels_last
     return BatchAugment(cfg.data, seed=cfg.train.seed * 65_536 + rank, device=device,
-                        channels_last=cfg.model.channels_last, compile=cfg.dist.compile)
+                        channels_last=nhwc, compile=cfg.dist.compile)
 
 
 @dataclass
@@ -163,7 +167,7 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
     engine, optimizer = build_engine(cfg, model, build_optimizer(model, cfg), device, precision_of(cfg, device))
     if cfg.dist.compile:
         engine.compile()  # torch.compile of the module's forward, state-dict keys unchanged
-    augment = build_augment(cfg, rank=rank, device=device)
+    augment = build_augment(cfg, rank=rank, device=device, channels_last=model.channels_last)
     state, resumed_from = TrainerState(), None
     with store.latest() as ckpt:
         if ckpt is not None:
@@ -182,9 +186,10 @@ def train(cfg: Config, store: Optional[CheckpointStore] = None, *,
             summary = _loop(cfg, parts, plan, state, device)
     finally:
         logger.close()
-    if rank == 0:
-        if summary["status"] == "finished":
+    with full_parameters(engine) if summary["status"] == "finished" else contextlib.nullcontext():
+        if rank == 0 and summary["status"] == "finished":  # under ZeRO 3 every rank helps gather
             summary["weights"] = {k: str(v) for k, v in export_weights(engine.module, run.path).items()}
+    if rank == 0:
         atomic_write_text(run.status, json.dumps({**summary, "launch_id": launch_id}, indent=1))
     dist.barrier()
     return summary
@@ -262,6 +267,9 @@ def _loop(cfg: Config, parts: WorkerParts, plan: StepPlan, state: TrainerState,
         ahead = AugmentAhead(parts.loader, parts.augment)
         for x1, x2, labels in ahead:
             set_lr(parts.optimizer, plan.lr_factor(state.step))
+            weight_decay = plan.weight_decay_at(state.step)
+            if weight_decay is not None:
+                set_weight_decay(parts.optimizer, weight_decay)
             out = train_step(parts.engine, x1, x2, labels, state.step)
             nonfinite |= ~torch.isfinite(out["total"].detach())
             state.step += 1

@@ -34,8 +34,8 @@ def test_bad_choice_lists_the_accepted_values():
 def test_out_of_range_value_fails_naming_the_key_and_the_range():
     with pytest.raises(ConfigError, match=r"'loss\.ema_momentum'.*out of range.*>= 0.0 and < 1.0"):
         from_dict({"loss": {"ema_momentum": 1.5}})
-    with pytest.raises(ConfigError, match=r"'dist\.zero_stage'.*<= 2"):
-        from_dict({"dist": {"zero_stage": 3}})
+    with pytest.raises(ConfigError, match=r"'dist\.zero_stage'.*<= 3"):
+        from_dict({"dist": {"zero_stage": 4}})
 
 
 def test_inconsistent_values_fail_naming_both_keys():

@@ -154,3 +154,11 @@ def test_an_epoch_without_a_batch_is_an_error_not_an_endless_loop(tmp_path):
     plan = StepPlan(steps_per_epoch=10, total_steps=10, warmup_steps=0, final_lr_ratio=0.0)
     with pytest.raises(RuntimeError, match="yielded no batch for epoch 1 from step 3 of 10 while 7 steps remain"):
         _loop(cfg, parts, plan, TrainerState(step=3, epoch=0, step_in_epoch=3), torch.device("cpu"))
+
+
+def test_a_timm_keyword_argument_added_since_the_checkpoint_is_a_meaning_change():
+    """model.timm_kwargs is free-form: a key the old config did not have changes the model too."""
+    old = {"model": {"arch": "timm:vit_tiny_patch16_224", "timm_kwargs": {}}}
+    new = {"model": {"arch": "timm:vit_tiny_patch16_224", "timm_kwargs": {"drop_path_rate": 0.1}}}
+    assert meaning_changes(old, new) == [("model.timm_kwargs.drop_path_rate", None, 0.1)]
+    assert meaning_changes(new, new) == []
