@@ -32,6 +32,18 @@ train: {epochs: 4, log_every_steps: 1, checkpoint_every_steps: 4, keep_checkpoin
 """
 
 
+# a 10-step ResNet-18 run on 160 images, one plain worker: the evaluation tests' trained run
+TINY_RUN = """\
+model: {arch: resnet18, small_image_stem: false, projector_hidden_dim: 64, projector_out_dim: 64, num_classes: 10}
+loss: {alpha: 0.01}
+optim: {name: lars, base_lr: 0.3, warmup_epochs: 1}
+data: {resolution: 32, eval_resize: 36, batch_size_per_worker: 16, loader_workers: 1}
+dist: {num_workers: 1, cpus_per_worker: 1, zero_stage: 0, max_failures: 0}
+train: {epochs: 1, log_every_steps: 5, checkpoint_every_steps: 100, keep_checkpoints: 1, progress_bar: false}
+eval: {probe_epochs: 3, probe_batch_size: 32}
+"""
+
+
 def cli_env() -> dict:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
 
@@ -155,3 +167,9 @@ def _wait_for_nodes(address: str, count: int, env: dict, seconds: float = 90) ->
                           timeout=seconds + 30)
     if proc.returncode != 0:
         raise RuntimeError(f"the simulated cluster did not reach {count} nodes: {proc.stderr[-2000:]}")
+
+
+def eigenmap(*args: str, timeout: float = 300):
+    """``eigenmap ARGS`` as a user types it (a subprocess of the CLI); the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)

@@ -19,24 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch_helpers import REPO, cli_env
+from launch_helpers import REPO, TINY_RUN, cli_env, eigenmap
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
-
-TINY_RUN = """\
-model: {arch: resnet18, small_image_stem: false, projector_hidden_dim: 64, projector_out_dim: 64, num_classes: 10}
-loss: {alpha: 0.01}
-optim: {name: lars, base_lr: 0.3, warmup_epochs: 1}
-data: {resolution: 32, eval_resize: 36, batch_size_per_worker: 16, loader_workers: 1}
-dist: {num_workers: 1, cpus_per_worker: 1, zero_stage: 0, max_failures: 0}
-train: {epochs: 1, log_every_steps: 5, checkpoint_every_steps: 100, keep_checkpoints: 1, progress_bar: false}
-eval: {probe_epochs: 3, probe_batch_size: 32}
-"""
-
-
-def eigenmap(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=REPO, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
