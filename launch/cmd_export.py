@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_timm(args: argparse.Namespace) -> int:
     from eigenmap.export_timm import TimmExportError, export_timm
-    from eigenmap.run_dir import RunDirError, load_run
+    from eigenmap.run import RunDirError, load_run
 
     if args.out is None:
         print("eigenmap export: error: --format timm needs --out DIR (the folder timm loads)", file=sys.stderr)
