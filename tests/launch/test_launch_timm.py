@@ -110,7 +110,7 @@ def test_extract_and_the_knn_probe_run_on_the_trained_encoder(timm_runs, small_b
     assert extracted.returncode == 0, extracted.stderr[-3000:]
     meta = json.loads((run / "eval" / "features" / "val" / "features.json").read_text())
     width = {"vit": 192, "convnext": 320}[timm_runs["name"]]
-    assert meta["shapes"] == {"features": [80, width], "codes": [80, 64], "labels": [80]}
+    assert meta["shapes"] == {"features": [80, width], "codes": [80, 64], "labels": [80], "thumbnails": [80, 256]}
     probed = eigenmap("probe", str(run), "--train", str(small_beton), "--val", str(small_val_beton), "--knn-only",
                       "--json", str(tmp / "knn.json"))
     assert probed.returncode == 0, probed.stderr[-3000:]
